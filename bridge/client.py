@@ -1,0 +1,84 @@
+"""An MLLP client: send HL7 files to a listener and collect each ACK (the `send` command)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+from pathlib import Path
+
+from hl7.mllp import MLLPStreamReader
+
+from bridge.listener import read_frame, write_frame
+
+_MSH_START = re.compile(rb"(?:^|[\r\n])(?=MSH)")
+
+
+def split_messages(data: bytes) -> list[bytes]:
+    """The messages in a file: each starts with MSH at the start of a line.
+
+    Line ends become CR, the HL7 segment separator, whatever the file used.
+    """
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    parts = [p for p in _MSH_START.split(data) if p.strip()]
+    out = []
+    for part in parts:
+        text = part.replace(b"\r\n", b"\r").replace(b"\n", b"\r").strip(b"\r")
+        out.append(text + b"\r")
+    return out
+
+
+class MllpClient:
+    """One connection; `send` returns the ACK payload of each message in order."""
+
+    def __init__(self, host: str, port: int, timeout: float = 30.0):
+        self.host, self.port, self.timeout = host, port, timeout
+        self.reader: MLLPStreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> MllpClient:
+        loop = asyncio.get_running_loop()
+        self.reader = MLLPStreamReader(limit=16 * 1024 * 1024, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(self.reader, loop=loop)
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(lambda: protocol, self.host, self.port), self.timeout)
+        self.writer = asyncio.StreamWriter(transport, protocol, self.reader, loop)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self.writer.wait_closed()
+
+    async def send(self, message: bytes) -> bytes:
+        assert self.reader is not None and self.writer is not None
+        write_frame(self.writer, message)
+        await self.writer.drain()
+        ack = await asyncio.wait_for(read_frame(self.reader), self.timeout)
+        if ack is None:
+            raise ConnectionError("the listener closed the connection without an ACK")
+        return ack
+
+
+async def send_files(files: list[Path], host: str, port: int, timeout: float = 30.0
+                     ) -> list[tuple[Path, bytes]]:
+    results = []
+    async with MllpClient(host, port, timeout) as client:
+        for file in files:
+            for message in split_messages(file.read_bytes()):
+                results.append((file, await client.send(message)))
+    return results
+
+
+def ack_code(ack: bytes) -> str:
+    """MSA-1 of an ACK payload ("" when there is no MSA)."""
+    for segment in ack.replace(b"\n", b"\r").split(b"\r"):
+        if segment.startswith(b"MSA"):
+            fields = segment.split(segment[3:4] or b"|")
+            return fields[1].decode("ascii", "replace") if len(fields) > 1 else ""
+    return ""

@@ -1,0 +1,124 @@
+"""Bytes to text: each message is decoded in the character set its own MSH-18 names.
+
+The listener hands over raw bytes; nothing before this module guesses an encoding. A
+per-sender override (mapping profiles) replaces MSH-18 for feeds that mislabel it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class Charset:
+    hl7: str  # the MSH-18 term, normalised
+    codec: str  # Python codec
+    dicom: str  # DICOM SpecificCharacterSet term ("" means the default repertoire)
+
+
+# MSH-18 -> codec and DICOM term (REFERENCE section 4). Keys are upper case, without
+# spaces or underscores, so that "UNICODE UTF-8", "UTF-8" and "utf8" all match.
+_CHARSETS = {
+    "ASCII": Charset("ASCII", "ascii", ""),
+    "8859/1": Charset("8859/1", "latin-1", "ISO_IR 100"),
+    "8859/2": Charset("8859/2", "iso8859-2", "ISO_IR 101"),
+    "8859/5": Charset("8859/5", "iso8859-5", "ISO_IR 144"),
+    "8859/7": Charset("8859/7", "iso8859-7", "ISO_IR 126"),
+    "8859/8": Charset("8859/8", "iso8859-8", "ISO_IR 138"),
+    "8859/9": Charset("8859/9", "iso8859-9", "ISO_IR 148"),
+    "UNICODEUTF-8": Charset("UNICODE UTF-8", "utf-8", "ISO_IR 192"),
+    "UNICODE": Charset("UNICODE UTF-8", "utf-8", "ISO_IR 192"),
+    "UTF-8": Charset("UNICODE UTF-8", "utf-8", "ISO_IR 192"),
+    "UTF8": Charset("UNICODE UTF-8", "utf-8", "ISO_IR 192"),
+    "ISOIR87": Charset("ISO IR87", "iso2022_jp", "\\ISO 2022 IR 87"),
+    "GB18030-2000": Charset("GB 18030-2000", "gb18030", "GB18030"),
+    "KSX1001": Charset("KS X 1001", "euc-kr", "\\ISO 2022 IR 149"),
+}
+UTF8 = _CHARSETS["UTF-8"]
+
+
+class UnknownCharset(ValueError):
+    """MSH-18 names a character set this bridge cannot decode."""
+
+
+def lookup_charset(term: str) -> Charset:
+    key = term.strip().upper().replace(" ", "").replace("_", "")
+    try:
+        return _CHARSETS[key]
+    except KeyError:
+        raise UnknownCharset(term) from None
+
+
+@dataclass(frozen=True)
+class DecodedMessage:
+    text: str  # segments separated by "\r", no BOM, no trailing separator
+    charset: Charset
+    declared: str  # MSH-18 as it was in the message ("" when absent)
+    sniffed_utf8: bool  # decoded as UTF-8 although MSH-18 said otherwise
+
+
+class DecodeError(ValueError):
+    """The bytes are not an HL7 message (no MSH header)."""
+
+
+def _msh18(raw: bytes) -> str:
+    """MSH-18 read from the bytes of the header, before any decoding."""
+    end = len(raw)
+    for sep in (b"\r", b"\n"):
+        pos = raw.find(sep)
+        if pos != -1:
+            end = min(end, pos)
+    header = raw[:end]
+    fields = header.split(header[3:4])
+    # fields[0] is "MSH", fields[1] MSH-2; so MSH-n is fields[n - 1].
+    if len(fields) < 18:
+        return ""
+    first_repetition = fields[17].split(header[5:6] or b"~")[0]
+    return first_repetition.decode("ascii", "replace").strip()
+
+
+def _is_utf8_with_non_ascii(raw: bytes) -> bool:
+    if raw.isascii():
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def decode(
+    raw: bytes,
+    *,
+    default_charset: str = "8859/1",
+    override: str | None = None,
+    detect_utf8: bool = True,
+) -> DecodedMessage:
+    """Decode one MLLP payload into HL7 text with "\\r" segment separators.
+
+    `override` replaces MSH-18 (a per-sender setting); `default_charset` applies when MSH-18
+    is empty. Raises DecodeError when there is no MSH header and UnknownCharset when MSH-18
+    names a character set we do not know.
+    """
+    if raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    # Some senders put blank lines or stray whitespace before MSH.
+    raw = raw.lstrip(b"\r\n\t ")
+    if not raw.startswith(b"MSH") or len(raw) < 8:
+        raise DecodeError("the message does not start with an MSH segment")
+    declared = _msh18(raw)
+    charset = lookup_charset(override or declared or default_charset)
+    sniffed = False
+    if charset.codec != "utf-8" and detect_utf8 and _is_utf8_with_non_ascii(raw):
+        log.warning("MSH-18 says %r but the bytes are UTF-8: decoding as UTF-8",
+                    declared or default_charset)
+        charset, sniffed = UTF8, True
+    text = raw.decode(charset.codec, errors="replace")
+    # CR is the HL7 separator; LF and CRLF are common in files and some feeds.
+    text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+    return DecodedMessage(text=text, charset=charset, declared=declared, sniffed_utf8=sniffed)

@@ -1,0 +1,91 @@
+"""Applying a profile to a message: order groups in, worklist items out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bridge.mapping.loader import Profile
+from bridge.mapping.rules import Scope, Trace, evaluate_rules
+from bridge.message import Message, Segment
+
+# A worklist item: DICOM keyword -> string value, or a list of such dicts for sequences.
+# The same shape is Orthanc's "Tags" body, and becomes a pydicom Dataset in dicomfile.py.
+Item = dict[str, object]
+
+
+@dataclass
+class MappedOrder:
+    """One order group (ORC and its segments) and the items it schedules."""
+
+    key: str
+    control: str  # ORC-1
+    status: str  # ORC-5
+    items: list[Item]
+    group_index: int  # 1-based position of the group in the message, for ERR locations
+
+
+@dataclass
+class MappedMessage:
+    profile: str
+    orders: list[MappedOrder]
+    traces: list[Trace] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for t in self.traces for w in t.warnings]
+
+
+class NoProfile(LookupError):
+    """No mapping profile matches the message's type and sender."""
+
+
+def select_profile(profiles: list[Profile], msg: Message) -> Profile:
+    app, facility = msg.header(3), msg.header(4)
+    best, best_score = None, -1
+    for profile in profiles:
+        score = profile.match.score(msg.message_type, app, facility, msg.version)
+        if score > best_score:
+            best, best_score = profile, score
+    if best is None:
+        raise NoProfile(f"no mapping profile for {msg.message_type} from {app}/{facility}")
+    return best
+
+
+def _groups(segments: list[Segment], start: str) -> tuple[list[Segment], list[list[Segment]]]:
+    """Split into the segments before the first group and the groups themselves."""
+    header: list[Segment] = []
+    groups: list[list[Segment]] = []
+    for seg in segments:
+        if seg.name == start:
+            groups.append([seg])
+        elif groups:
+            groups[-1].append(seg)
+        else:
+            header.append(seg)
+    return header, groups
+
+
+def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
+                  facts: dict[str, str] | None = None) -> MappedMessage:
+    """Map every order group of `msg`; raises MappingFieldError for a missing required value."""
+    header, groups = _groups(msg.segments, profile.group_segment)
+    facts = {"sender": f"{msg.header(3)}|{msg.header(4)}", **(facts or {})}
+    result = MappedMessage(profile=profile.name, orders=[])
+    for index, group in enumerate(groups, start=1):
+        group_scope = Scope([group, header, msg.segments], msg.seps, facts)
+        key = profile.order_key.evaluate(group_scope, None)
+        control = profile.order_control.evaluate(group_scope, None)
+        status = profile.order_status.evaluate(group_scope, None)
+        if profile.item_segment:
+            item_levels = [[s] for s in group if s.name == profile.item_segment] or [[]]
+        else:
+            item_levels = [[]]
+        items = []
+        for level in item_levels:
+            t = Trace() if trace else None
+            scope = Scope([level, group, header, msg.segments], msg.seps, facts)
+            items.append(evaluate_rules(profile.attributes, scope, t))
+            if t is not None:
+                result.traces.append(t)
+        result.orders.append(MappedOrder(str(key), str(control), str(status), items, index))
+    return result

@@ -1,0 +1,75 @@
+"""Outbox workers: deliver each committed item change to each sink, until it succeeds.
+
+A row in the outbox says "this item changed"; the worker sends the item's current state
+(put when visible, remove otherwise), so retries and restarts converge on the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from bridge.sinks import Sink
+from bridge.store import AsyncStore
+
+log = logging.getLogger(__name__)
+
+
+class OutboxWorker:
+    def __init__(self, sink: Sink, store: AsyncStore, *, max_attempts: int = 20,
+                 max_backoff: float = 300.0, poll_interval: float = 1.0):
+        self.sink = sink
+        self.store = store
+        self.max_attempts = max_attempts
+        self.max_backoff = max_backoff
+        self.poll_interval = poll_interval
+        self.wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                            name=f"outbox-{self.sink.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def notify(self) -> None:
+        self.wakeup.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                busy = await self.deliver_due()
+            except Exception:
+                log.exception("outbox %s: unexpected error", self.sink.name)
+                busy = False
+            if not busy:
+                self.wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), self.poll_interval)
+
+    async def deliver_due(self) -> bool:
+        """Deliver what is due now; True when there was something to do."""
+        db = self.store.store
+        rows = await self.store.run(db.outbox_due, self.sink.name, 200)
+        for row in rows:
+            item = await self.store.run(db.item, row.item_key)
+            try:
+                if item is not None and item.visible:
+                    await self.sink.put(item)
+                elif item is not None:
+                    await self.sink.remove(item)
+            except Exception as exc:
+                attempts = row.attempts + 1
+                dead = attempts >= self.max_attempts
+                delay = min(self.max_backoff, 2.0 ** min(attempts, 16))
+                log.warning("outbox %s: %s failed (attempt %d%s): %s", self.sink.name,
+                            row.item_key, attempts, ", giving up" if dead else "", exc)
+                await self.store.run(db.outbox_retry, self.sink.name, row.item_key, str(exc),
+                                     delay, dead)
+                continue
+            await self.store.run(db.outbox_done, self.sink.name, row.item_key, row.id)
+        return bool(rows)

@@ -1,0 +1,171 @@
+"""One inbound message, from raw bytes to the ACK: journal, decode, map, commit, answer.
+
+The listener calls `Processor.handle` for every MLLP frame and sends what it returns.
+Nothing here raises: every failure becomes an AE or AR with an ERR segment, and the raw
+message stays in the journal with its error so it can be replayed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bridge import ack as acks
+from bridge.ack import AckError, ErrorLocation
+from bridge.config import Config
+from bridge.decoding import DecodeError, UnknownCharset, decode
+from bridge.lifecycle import DEFAULT_TABLE, UnknownOrderControl, lookup, plan
+from bridge.mapping.engine import NoProfile, apply_profile, select_profile
+from bridge.mapping.loader import Profile
+from bridge.mapping.rules import MappingFieldError
+from bridge.message import Message
+from bridge.store import AsyncStore, ItemWrite
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What `handle` did: the ACK to send and, for the logs and tests, why."""
+
+    ack: bytes
+    code: str  # AA, AE, AR
+    journal_id: int
+    error: str | None = None
+    writes: list[ItemWrite] = field(default_factory=list)
+
+
+class Rejection(Exception):
+    def __init__(self, code: str, error: AckError):
+        super().__init__(error.text)
+        self.code = code
+        self.error = error
+
+
+class Processor:
+    def __init__(self, config: Config, profiles: list[Profile], store: AsyncStore,
+                 on_commit: Callable[[], None] = lambda: None):
+        self.config = config
+        self.profiles = profiles
+        self.store = store
+        self.on_commit = on_commit  # wakes the outbox workers
+
+    async def handle(self, raw: bytes, peer: str) -> Outcome:
+        journal_id = await self.store.run(self.store.store.journal_received, raw, peer)
+        header: dict[str, str | None] = {}
+        msg: Message | None = None
+        try:
+            msg = self._decode(raw, header)
+            profile = self._select(msg, header)
+            if profile.charset:
+                msg = Message(decode(raw, override=profile.charset, detect_utf8=False))
+            previous = await self.store.run(self.store.store.previous_ack,
+                                            header["sender"], header["control_id"]) \
+                if header.get("control_id") else None
+            if previous is not None:
+                code, ack = previous
+                await self.store.run(self.store.store.journal_duplicate, journal_id, header,
+                                     code, ack)
+                log.info("journal %d: duplicate of %s control ID %s, same ACK sent again",
+                         journal_id, header["sender"], header["control_id"])
+                return Outcome(ack, code, journal_id)
+            writes, warnings = await self._writes(msg, profile)
+            ack = self._encode(acks.build_ack("AA", f"A{journal_id}", msg), msg)
+            await self.store.run(self.store.store.commit_message, journal_id, header, writes,
+                                 "AA", ack, "; ".join(warnings) or None)
+            self.on_commit()
+            return Outcome(ack, "AA", journal_id, writes=writes)
+        except Rejection as rej:
+            return await self._fail(journal_id, header, msg, rej.code, rej.error)
+        except Exception as exc:  # a bug must cost one AE, not the connection
+            log.exception("journal %d: internal error", journal_id)
+            err = AckError(acks.APPLICATION_INTERNAL_ERROR, f"internal error: {exc}")
+            return await self._fail(journal_id, header, msg, "AE", err)
+
+    async def oversized(self, peer: str, limit: int) -> Outcome:
+        """A frame over the size limit: its bytes are gone, the journal says so."""
+        journal_id = await self.store.run(self.store.store.journal_received, b"", peer)
+        err = AckError(acks.SEGMENT_SEQUENCE_ERROR,
+                       f"message larger than the {limit}-byte limit, discarded")
+        return await self._fail(journal_id, {}, None, "AR", err)
+
+    def _decode(self, raw: bytes, header: dict[str, str | None]) -> Message:
+        cfg = self.config.mllp
+        try:
+            decoded = decode(raw, default_charset=cfg.default_charset,
+                             detect_utf8=cfg.detect_utf8)
+        except DecodeError as exc:
+            raise Rejection("AR", AckError(acks.SEGMENT_SEQUENCE_ERROR, str(exc),
+                                           ErrorLocation("MSH", 1))) from exc
+        except UnknownCharset as exc:
+            raise Rejection("AR", AckError(
+                acks.TABLE_VALUE_NOT_FOUND, f"unknown character set {exc} in MSH-18",
+                ErrorLocation("MSH", 18))) from exc
+        msg = Message(decoded)
+        header.update(sender=f"{msg.header(3)}|{msg.header(4)}", control_id=msg.control_id,
+                      message_type=msg.message_type)
+        if not msg.header(9):
+            raise Rejection("AR", AckError(acks.REQUIRED_FIELD_MISSING,
+                                           "MSH-9 (message type) is empty",
+                                           ErrorLocation("MSH", 9)))
+        return msg
+
+    def _select(self, msg: Message, header: dict[str, str | None]) -> Profile:
+        try:
+            profile = select_profile(self.profiles, msg)
+        except NoProfile as exc:
+            code = acks.UNSUPPORTED_MESSAGE_TYPE
+            if any(msg.header(9) in [t.split("^")[0] for t in p.match.message_types]
+                   for p in self.profiles):
+                code = acks.UNSUPPORTED_EVENT_CODE
+            raise Rejection("AR", AckError(code, str(exc), ErrorLocation("MSH", 9))) from exc
+        header["profile"] = profile.name
+        return profile
+
+    async def _writes(self, msg: Message, profile: Profile) -> tuple[list[ItemWrite], list[str]]:
+        try:
+            mapped = apply_profile(profile, msg, trace=True)
+        except MappingFieldError as exc:
+            loc = None
+            if exc.path is not None:
+                loc = ErrorLocation(exc.path.segment, exc.path.field,
+                                    component=exc.path.component,
+                                    subcomponent=exc.path.subcomponent)
+            raise Rejection("AE", AckError(acks.REQUIRED_FIELD_MISSING, str(exc), loc)) from exc
+        if not mapped.orders:
+            raise Rejection("AE", AckError(
+                acks.SEGMENT_SEQUENCE_ERROR,
+                f"no {profile.group_segment} segment: the message carries no order",
+                ErrorLocation(profile.group_segment, 1)))
+        charset = msg.decoded.charset.dicom
+        writes: list[ItemWrite] = []
+        for order in mapped.orders:
+            try:
+                action = lookup(DEFAULT_TABLE, order.control, order.status)
+            except UnknownOrderControl as exc:
+                raise Rejection("AE", AckError(acks.REQUIRED_FIELD_MISSING, str(exc),
+                                               ErrorLocation("ORC", 1, order.group_index))) \
+                    from exc
+            for item in order.items:
+                if charset:
+                    item["SpecificCharacterSet"] = charset
+            existing = await self.store.run(self.store.store.items_of_order, order.key)
+            writes.extend(plan(order, existing, action))
+        return writes, mapped.warnings
+
+    def _encode(self, text: str, msg: Message | None) -> bytes:
+        codec = msg.decoded.charset.codec if msg is not None else "ascii"
+        return text.encode(codec, errors="replace")
+
+    async def _fail(self, journal_id: int, header: dict[str, str | None], msg: Message | None,
+                    code: str, error: AckError) -> Outcome:
+        ack = self._encode(acks.build_ack(code, f"A{journal_id}", msg, error), msg)
+        where = f" at {error.location}" if error.location else ""
+        log.warning("journal %d: %s %s%s: %s", journal_id, code, error.code, where, error.text)
+        try:
+            await self.store.run(self.store.store.journal_failed, journal_id, header, code, ack,
+                                 f"{error.code}{where}: {error.text}")
+        except Exception:
+            log.exception("journal %d: could not record the failure", journal_id)
+        return Outcome(ack, code, journal_id, error=error.text)
