@@ -15,7 +15,7 @@ from bridge import ack as acks
 from bridge.ack import AckError, ErrorLocation
 from bridge.config import Config
 from bridge.decoding import DecodeError, UnknownCharset, decode
-from bridge.lifecycle import DEFAULT_TABLE, UnknownOrderControl, lookup, plan
+from bridge.lifecycle import DEFAULT_TABLE, Effect, UnknownOrderControl, lookup, plan
 from bridge.mapping.engine import NoProfile, apply_profile, select_profile
 from bridge.mapping.loader import Profile
 from bridge.mapping.rules import MappingFieldError
@@ -127,12 +127,7 @@ class Processor:
         try:
             mapped = apply_profile(profile, msg, trace=True)
         except MappingFieldError as exc:
-            loc = None
-            if exc.path is not None:
-                loc = ErrorLocation(exc.path.segment, exc.path.field,
-                                    component=exc.path.component,
-                                    subcomponent=exc.path.subcomponent)
-            raise Rejection("AE", AckError(acks.REQUIRED_FIELD_MISSING, str(exc), loc)) from exc
+            raise self._field_rejection(exc) from exc
         if not mapped.orders:
             raise Rejection("AE", AckError(
                 acks.SEGMENT_SEQUENCE_ERROR,
@@ -147,12 +142,22 @@ class Processor:
                 raise Rejection("AE", AckError(acks.REQUIRED_FIELD_MISSING, str(exc),
                                                ErrorLocation("ORC", 1, order.group_index))) \
                     from exc
+            if action.effect is Effect.REPLACE and order.error is not None:
+                raise self._field_rejection(order.error)
             for item in order.items:
                 if charset:
                     item["SpecificCharacterSet"] = charset
             existing = await self.store.run(self.store.store.items_of_order, order.key)
             writes.extend(plan(order, existing, action))
         return writes, mapped.warnings
+
+    @staticmethod
+    def _field_rejection(exc: MappingFieldError) -> Rejection:
+        loc = None
+        if exc.path is not None:
+            loc = ErrorLocation(exc.path.segment, exc.path.field, component=exc.path.component,
+                                subcomponent=exc.path.subcomponent)
+        return Rejection("AE", AckError(acks.REQUIRED_FIELD_MISSING, str(exc), loc))
 
     def _encode(self, text: str, msg: Message | None) -> bytes:
         codec = msg.decoded.charset.codec if msg is not None else "ascii"

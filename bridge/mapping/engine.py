@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bridge.mapping.loader import Profile
-from bridge.mapping.rules import Scope, Trace, evaluate_rules
+from bridge.mapping.rules import MappingFieldError, Scope, Trace, evaluate_rules
 from bridge.message import Message, Segment
 
 # A worklist item: DICOM keyword -> string value, or a list of such dicts for sequences.
@@ -22,6 +22,9 @@ class MappedOrder:
     status: str  # ORC-5
     items: list[Item]
     group_index: int  # 1-based position of the group in the message, for ERR locations
+    # Why the items could not be mapped. Only an order that creates or replaces items needs
+    # them: a cancel or a status change names its order by key and is applied without.
+    error: MappingFieldError | None = None
 
 
 @dataclass
@@ -67,7 +70,11 @@ def _groups(segments: list[Segment], start: str) -> tuple[list[Segment], list[li
 
 def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
                   facts: dict[str, str] | None = None) -> MappedMessage:
-    """Map every order group of `msg`; raises MappingFieldError for a missing required value."""
+    """Map every order group of `msg`.
+
+    Raises MappingFieldError when an order's key, control or status cannot be read; a missing
+    required item value is kept on the order (`MappedOrder.error`) for the caller to judge.
+    """
     header, groups = _groups(msg.segments, profile.group_segment)
     facts = {"sender": f"{msg.header(3)}|{msg.header(4)}", **(facts or {})}
     result = MappedMessage(profile=profile.name, orders=[])
@@ -80,12 +87,18 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
             item_levels = [[s] for s in group if s.name == profile.item_segment] or [[]]
         else:
             item_levels = [[]]
-        items = []
+        items: list[Item] = []
+        error = None
         for level in item_levels:
             t = Trace() if trace else None
             scope = Scope([level, group, header, msg.segments], msg.seps, facts)
-            items.append(evaluate_rules(profile.attributes, scope, t))
+            try:
+                items.append(evaluate_rules(profile.attributes, scope, t))
+            except MappingFieldError as exc:
+                error, items = exc, []
+                break
             if t is not None:
                 result.traces.append(t)
-        result.orders.append(MappedOrder(str(key), str(control), str(status), items, index))
+        result.orders.append(
+            MappedOrder(str(key), str(control), str(status), items, index, error))
     return result

@@ -124,14 +124,19 @@ class Rule:
             result = self._fit(result, warnings)
         if self.required and not result:
             raise MappingFieldError(
-                f"{self.keyword} is required but {self._sources_text()} is empty",
+                f"{self.keyword} is required but {self._sources_text()}",
                 self.sources[0] if self.sources else None, self.keyword)
         if trace is not None:
             trace.entries.append(TraceEntry(prefix + self.keyword, result, source, steps, warnings))
         return result
 
     def _sources_text(self) -> str:
-        return " and ".join(p.text for p in self.sources) or "the value"
+        names = [p.text for p in self.sources]
+        if not names:
+            return "the value is empty"
+        if len(names) == 1:
+            return f"{names[0]} is empty"
+        return f"{', '.join(names[:-1])} and {names[-1]} are all empty"
 
     def _fit(self, value: str, warnings: list[str]) -> str:
         if self.vr not in MULTILINE_VRS and ("\r" in value or "\n" in value):
@@ -156,10 +161,12 @@ class SequenceRule:
         if self.code_rule is not None:
             raw, source = self.code_rule._first_raw(scope)
             code = TRANSFORMS[self.code_rule.transform or "code"](raw, scope.seps)
-            value = [code] if code else []
+            # No code: leave the sequence out. wlmscpfs rejects the whole file when a code
+            # sequence is present with no complete item.
+            value = [code] if code else None
             if self.code_rule.required and not value:
                 raise MappingFieldError(
-                    f"{self.keyword} is required but {self.code_rule._sources_text()} has no code",
+                    f"{self.keyword} is required but {self.code_rule._sources_text()}",
                     self.code_rule.sources[0] if self.code_rule.sources else None, self.keyword)
             if trace is not None:
                 trace.entries.append(TraceEntry(prefix + self.keyword, value, source,
@@ -171,5 +178,11 @@ class SequenceRule:
 
 def evaluate_rules(rules: list[Rule | SequenceRule], scope: Scope, trace: Trace | None,
                    prefix: str = "") -> dict[str, object]:
-    return {rule.keyword: rule.evaluate(scope, trace, prefix) for rule in rules}
+    """The item's attributes; a rule that yields None (an absent code) adds nothing."""
+    item = {}
+    for rule in rules:
+        value = rule.evaluate(scope, trace, prefix)
+        if value is not None:
+            item[rule.keyword] = value
+    return item
 
