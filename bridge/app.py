@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Sequence
 
 from bridge.config import Config
 from bridge.listener import MllpServer
@@ -13,7 +14,7 @@ from bridge.outbox import OutboxWorker
 from bridge.processor import Processor
 from bridge.sinks import Sink
 from bridge.sinks.folder import FolderSink
-from bridge.store import AsyncStore, Store
+from bridge.store import AsyncStore, ItemWrite, Store
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,17 @@ class Bridge:
         self.sinks = build_sinks(config)
         self.store = AsyncStore(Store(config.store_path, [s.name for s in self.sinks]))
         self.workers = [OutboxWorker(s, self.store) for s in self.sinks]
-        self.processor = Processor(config, self.profiles, self.store, self._notify)
+        # Called with the item writes of every commit (the SCP's index subscribes here).
+        self.change_listeners: list[Callable[[Sequence[ItemWrite]], None]] = []
+        self.processor = Processor(config, self.profiles, self.store, self._committed)
         self.mllp = MllpServer(self.processor, max_message_bytes=config.mllp.max_message_bytes)
         self.mllp_port: int | None = None
 
-    def _notify(self) -> None:
+    def _committed(self, writes: Sequence[ItemWrite]) -> None:
         for w in self.workers:
             w.notify()
+        for listener in self.change_listeners:
+            listener(writes)
 
     async def start(self) -> None:
         for w in self.workers:

@@ -8,7 +8,7 @@ message stays in the journal with its error so it can be replayed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bridge import ack as acks
@@ -45,11 +45,13 @@ class Rejection(Exception):
 
 class Processor:
     def __init__(self, config: Config, profiles: list[Profile], store: AsyncStore,
-                 on_commit: Callable[[], None] = lambda: None):
+                 on_commit: Callable[[Sequence[ItemWrite]], None] = lambda writes: None):
         self.config = config
         self.profiles = profiles
         self.store = store
-        self.on_commit = on_commit  # wakes the outbox workers
+        # Called after each commit with the item writes: wakes the outbox workers and keeps
+        # in-process views (the SCP's index) current.
+        self.on_commit = on_commit
 
     async def handle(self, raw: bytes, peer: str) -> Outcome:
         journal_id = await self.store.run(self.store.store.journal_received, raw, peer)
@@ -74,7 +76,7 @@ class Processor:
             ack = self._encode(acks.build_ack("AA", f"A{journal_id}", msg), msg)
             await self.store.run(self.store.store.commit_message, journal_id, header, writes,
                                  "AA", ack, "; ".join(warnings) or None)
-            self.on_commit()
+            self.on_commit(writes)
             return Outcome(ack, "AA", journal_id, writes=writes)
         except Rejection as rej:
             return await self._fail(journal_id, header, msg, rej.code, rej.error)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -72,6 +71,14 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
     raise TimeoutError("condition not met in time")
 
 
+def bridge_env(**extra: str) -> dict[str, str]:
+    """The environment for a bridge subprocess: this checkout's code, no stray BRIDGE_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -94,7 +101,7 @@ class BridgeProcess:
         return subprocess.run(
             [sys.executable, "-m", "bridge", "send", *map(str, files),
              "--port", str(self.mllp_port)],
-            capture_output=True, text=True, timeout=60, cwd=self.workdir)
+            capture_output=True, text=True, timeout=60, cwd=self.workdir, env=bridge_env())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -106,13 +113,12 @@ def run_bridge(workdir: Path, overrides: dict | None = None) -> Iterator[BridgeP
     given as BRIDGE_* environment variables (the documented override mechanism)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update({
-        "BRIDGE_DATA_DIR": str(workdir / "data"),
-        "BRIDGE_MLLP__PORT": str(port),
-        "BRIDGE_SCP__ENABLED": "false",
+    env = bridge_env(
+        BRIDGE_DATA_DIR=str(workdir / "data"),
+        BRIDGE_MLLP__PORT=str(port),
+        BRIDGE_SCP__ENABLED="false",
         **{k: str(v) for k, v in (overrides or {}).items()},
-    })
+    )
     log_path = workdir / "bridge.log"
     config = ROOT / "config.yaml"
     with open(log_path, "wb") as log:
