@@ -73,6 +73,46 @@ class SinksConfig(_Section):
     orthanc: OrthancSinkConfig = OrthancSinkConfig()
 
 
+class OrderControlRule(_Section):
+    """One row of the order-control table: what an ORC-1_ORC-5 pair does."""
+
+    effect: Literal["replace", "status"]
+    status: Literal["SCHEDULED", "ARRIVED", "STARTED", "COMPLETED", "DISCONTINUED", "CANCELED"]
+
+
+# A table row, or "reject" to take a default row out (the pair then gets AE).
+OrderControlTable = dict[str, OrderControlRule | Literal["reject"]]
+
+
+class SenderLifecycle(_Section):
+    order_control: OrderControlTable = {}
+    xo_unknown_order: Literal["create", "reject"] | None = None
+
+
+class LifecycleConfig(_Section):
+    # Statuses a modality sees (folder, Orthanc, built-in SCP); others are removed there.
+    visible_statuses: list[Literal["SCHEDULED", "ARRIVED", "STARTED", "COMPLETED",
+                                   "DISCONTINUED", "CANCELED"]] = ["SCHEDULED", "ARRIVED"]
+    # Rows added to, or replacing rows of, the default table (README: "Order control").
+    order_control: OrderControlTable = {}
+    # XO (change) for an order the bridge has never seen: create it, or answer AE.
+    xo_unknown_order: Literal["create", "reject"] = "create"
+    # Per sender, keyed by MSH-3 (sending application): overrides of the two above.
+    senders: dict[str, SenderLifecycle] = {}
+    # ADT^A10 (patient arriving) sets the patient's scheduled items to ARRIVED.
+    arrive_on_a10: bool = False
+    # Live items whose scheduled start is older than this are taken off the worklist
+    # (0: never). Checked every `housekeeping_interval_s`.
+    expire_after_hours: float = Field(0, ge=0)
+    housekeeping_interval_s: float = Field(600, gt=0)
+
+
+class JournalConfig(_Section):
+    # Processed and duplicate messages older than this are deleted from the journal;
+    # failed ones stay until replayed or deleted (0: keep everything).
+    retention_days: float = Field(90, ge=0)
+
+
 class Config(_Section):
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -81,6 +121,8 @@ class Config(_Section):
     mappings: MappingsConfig = MappingsConfig()
     scp: ScpConfig = ScpConfig()
     sinks: SinksConfig = SinksConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
+    journal: JournalConfig = JournalConfig()
 
     @property
     def store_path(self) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bridge.config import LifecycleConfig
 from bridge.mapping.engine import Item, MappedOrder
 from bridge.store import ItemWrite, StoredItem
 
@@ -60,18 +61,56 @@ DEFAULT_TABLE: dict[str, Action] = {
 
 DEFAULT_VISIBLE = frozenset({Status.SCHEDULED, Status.ARRIVED})
 
+# ORC-1 codes that change an existing order: for an order never seen, configurable.
+CHANGE_CODES = frozenset({"XO", "XR"})
+
 
 class UnknownOrderControl(LookupError):
     """ORC-1/ORC-5 is not in the order-control table."""
 
 
-def lookup(table: dict[str, Action], control: str, status: str) -> Action:
-    control, status = control.strip().upper(), status.strip().upper()
-    for key in (f"{control}_{status}", f"{control}_*"):
-        if key in table:
-            return table[key]
-    raise UnknownOrderControl(f"order control {control or '(empty)'} with order status "
-                              f"{status or '(empty)'} is not in the order-control table")
+class UnknownOrder(LookupError):
+    """A change (XO) for an order the bridge has never seen, with xo_unknown_order: reject."""
+
+
+def _merge(base: dict[str, Action], overrides: dict) -> dict[str, Action]:
+    table = dict(base)
+    for key, rule in overrides.items():
+        key = key.upper()
+        if rule == "reject":
+            table.pop(key, None)
+        else:
+            table[key] = Action(Effect(rule.effect), Status(rule.status))
+    return table
+
+
+class OrderControl:
+    """The order-control table in force: the default, the site's rows, each sender's rows."""
+
+    def __init__(self, config: LifecycleConfig | None = None):
+        config = config or LifecycleConfig()
+        self.visible = frozenset(Status(s) for s in config.visible_statuses)
+        self.table = _merge(DEFAULT_TABLE, config.order_control)
+        self.xo_unknown = config.xo_unknown_order
+        self.senders = {
+            app: (_merge(self.table, s.order_control), s.xo_unknown_order or self.xo_unknown)
+            for app, s in config.senders.items()
+        }
+
+    def action(self, sender: str, control: str, status: str) -> Action:
+        table = self.senders.get(sender, (self.table, None))[0]
+        control, status = control.strip().upper(), status.strip().upper()
+        for key in (f"{control}_{status}", f"{control}_*"):
+            if key in table:
+                return table[key]
+        raise UnknownOrderControl(f"order control {control or '(empty)'} with order status "
+                                  f"{status or '(empty)'} is not in the order-control table")
+
+    def creates_unknown(self, sender: str, control: str) -> bool:
+        """Whether a change for an order never seen creates it (else: UnknownOrder)."""
+        if control.strip().upper() not in CHANGE_CODES:
+            return True
+        return self.senders.get(sender, (None, self.xo_unknown))[1] == "create"
 
 
 def item_key(order_key: str, item: Item) -> str:
@@ -82,21 +121,45 @@ def item_key(order_key: str, item: Item) -> str:
 
 
 def plan(order: MappedOrder, existing: list[StoredItem], action: Action,
-         visible: frozenset[Status] = DEFAULT_VISIBLE) -> list[ItemWrite]:
-    """The item writes that apply `action` for `order`, given the order's stored items."""
+         visible: frozenset[Status] = DEFAULT_VISIBLE,
+         uid_from_message: list[bool] | None = None) -> list[ItemWrite]:
+    """The item writes that apply `action` for `order`, given the order's stored items.
+
+    Writes that would change nothing (a resend under a new control ID) are left out.
+    `uid_from_message[i]` says whether item i's StudyInstanceUID was in the message; a UID
+    the mapping derived or generated never replaces the one an item already has, so the
+    study keeps its UID across every update of the order.
+    """
     shown = action.status in visible
+    by_key = {i.item_key: i for i in existing}
+    writes: list[ItemWrite] = []
     if action.effect is Effect.STATUS:
-        return [ItemWrite(i.item_key, i.order_key, action.status.value, shown, i.dataset)
-                for i in existing]
-    writes = []
+        for old in existing:
+            writes.append(ItemWrite(old.item_key, old.order_key, action.status.value, shown,
+                                    old.dataset))
+        return _changed(writes, by_key)
     new_keys = set()
-    for item in order.items:
+    for index, item in enumerate(order.items):
         key = item_key(order.key, item)
         new_keys.add(key)
+        old = by_key.get(key)
+        explicit = uid_from_message[index] if uid_from_message else True
+        if old is not None and not explicit and old.dataset.get("StudyInstanceUID"):
+            item = {**item, "StudyInstanceUID": old.dataset["StudyInstanceUID"]}
         writes.append(ItemWrite(key, order.key, action.status.value, shown, item))
     # A replacement that no longer lists an item (a procedure dropped by XO) removes it.
     for old in existing:
         if old.item_key not in new_keys and old.visible:
             writes.append(ItemWrite(old.item_key, old.order_key, Status.DISCONTINUED.value,
                                     False, old.dataset))
-    return writes
+    return _changed(writes, by_key)
+
+
+def _changed(writes: list[ItemWrite], by_key: dict[str, StoredItem]) -> list[ItemWrite]:
+    out = []
+    for w in writes:
+        old = by_key.get(w.item_key)
+        if old is None or (old.status, old.visible, old.dataset) != (w.status, w.visible,
+                                                                     w.dataset):
+            out.append(w)
+    return out

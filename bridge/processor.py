@@ -15,7 +15,7 @@ from bridge import ack as acks
 from bridge.ack import AckError, ErrorLocation
 from bridge.config import Config
 from bridge.decoding import DecodeError, UnknownCharset, decode
-from bridge.lifecycle import DEFAULT_TABLE, Effect, UnknownOrderControl, lookup, plan
+from bridge.lifecycle import Effect, OrderControl, UnknownOrder, UnknownOrderControl, plan
 from bridge.mapping.engine import NoProfile, apply_profile, select_profile
 from bridge.mapping.loader import Profile
 from bridge.mapping.rules import MappingFieldError
@@ -49,6 +49,7 @@ class Processor:
         self.config = config
         self.profiles = profiles
         self.store = store
+        self.control = OrderControl(config.lifecycle)
         # Called after each commit with the item writes: wakes the outbox workers and keeps
         # in-process views (the SCP's index) current.
         self.on_commit = on_commit
@@ -136,10 +137,11 @@ class Processor:
                 f"no {profile.group_segment} segment: the message carries no order",
                 ErrorLocation(profile.group_segment, 1)))
         charset = msg.decoded.charset.dicom
+        sender = msg.header(3)
         writes: list[ItemWrite] = []
         for order in mapped.orders:
             try:
-                action = lookup(DEFAULT_TABLE, order.control, order.status)
+                action = self.control.action(sender, order.control, order.status)
             except UnknownOrderControl as exc:
                 raise Rejection("AE", AckError(acks.REQUIRED_FIELD_MISSING, str(exc),
                                                ErrorLocation("ORC", 1, order.group_index))) \
@@ -150,7 +152,15 @@ class Processor:
                 if charset:
                     item["SpecificCharacterSet"] = charset
             existing = await self.store.run(self.store.store.items_of_order, order.key)
-            writes.extend(plan(order, existing, action))
+            if not existing and not self.control.creates_unknown(sender, order.control):
+                err = UnknownOrder(f"order {order.key} is unknown: {order.control} changes "
+                                   "only an order the bridge already has")
+                raise Rejection("AE", AckError(acks.UNKNOWN_KEY_IDENTIFIER, str(err),
+                                               ErrorLocation("ORC", 2, order.group_index)))
+            # A UID found in the message's text came from it; any other was derived.
+            from_message = [str(i.get("StudyInstanceUID", "")) in msg.decoded.text
+                            for i in order.items]
+            writes.extend(plan(order, existing, action, self.control.visible, from_message))
         return writes, mapped.warnings
 
     @staticmethod

@@ -13,7 +13,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian)..."
   apt_install "${missing[@]}"
 fi
-.venv/bin/ruff check bridge tests bench
+.venv/bin/ruff check .
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
