@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable, Sequence
 
 from bridge.config import Config
+from bridge.housekeeping import Housekeeper
 from bridge.listener import MllpServer
 from bridge.mapping.loader import load_profiles
 from bridge.outbox import OutboxWorker
@@ -42,6 +43,7 @@ class Bridge:
         self.processor = Processor(config, self.profiles, self.store, self._committed)
         self.mllp = MllpServer(self.processor, max_message_bytes=config.mllp.max_message_bytes)
         self.mllp_port: int | None = None
+        self.housekeeper = Housekeeper(config, self.store, self._outside_change)
 
     def _committed(self, writes: Sequence[ItemWrite]) -> None:
         for w in self.workers:
@@ -49,9 +51,16 @@ class Bridge:
         for listener in self.change_listeners:
             listener(writes)
 
+    def _outside_change(self, writes: Sequence[ItemWrite]) -> None:
+        for listener in self.change_listeners:
+            listener(writes)
+        for w in self.workers:
+            w.notify()
+
     async def start(self) -> None:
         for w in self.workers:
             w.start()
+        self.housekeeper.start()
         self.mllp_port = await self.mllp.start(self.config.mllp.host, self.config.mllp.port)
         log.info("MLLP listening on %s:%d; mappings: %s", self.config.mllp.host,
                  self.mllp_port, ", ".join(p.name for p in self.profiles))
@@ -60,6 +69,7 @@ class Bridge:
 
     async def stop(self) -> None:
         await self.mllp.close()
+        await self.housekeeper.stop()
         for w in self.workers:
             await w.stop()
         self.store.close()

@@ -40,6 +40,70 @@ def _send(args: argparse.Namespace) -> int:
     return worst
 
 
+def _journal(args: argparse.Namespace) -> int:
+    from bridge import operations as ops
+
+    config = load_config(args.config)
+    if args.action == "replay":
+        if not args.ids and not args.failed:
+            print("journal replay: give journal IDs or --failed", file=sys.stderr)
+            return 2
+        ids = list(args.ids)
+        if args.failed:
+            with ops.open_store(config) as store:
+                ids += [e.id for e in store.journal_since(0, "failed", limit=100_000)]
+        results = ops.run_replay(config, ids)
+        for journal_id, code, error in results:
+            print(f"{journal_id}: {code}" + (f" ({error})" if error else ""))
+        return 0 if all(code == "AA" for _, code, _ in results) else 1
+    with ops.open_store(config) as store:
+        if args.action == "show":
+            status = 0
+            for journal_id in args.ids:
+                entry = store.journal_entry(journal_id)
+                if entry is None:
+                    print(f"journal {journal_id}: no such entry", file=sys.stderr)
+                    status = 1
+                else:
+                    print(ops.journal_show(entry))
+            return status
+        since = ops.parse_since(args.since) if args.since else 0.0
+        entries = store.journal_since(since, "failed" if args.failed else None, args.limit)
+        print("\n".join(ops.journal_lines(entries)))
+    return 0
+
+
+def _worklist(args: argparse.Namespace) -> int:
+    from bridge import operations as ops
+
+    config = load_config(args.config)
+    with ops.open_store(config) as store:
+        if args.action == "list":
+            print("\n".join(ops.worklist_lines(store, args.all)))
+            return 0
+        if not args.keys:
+            print(f"worklist {args.action}: give one or more item keys", file=sys.stderr)
+            return 2
+        status = 0
+        for key in args.keys:
+            if args.action == "show":
+                text = ops.worklist_show(store, key)
+            else:
+                text = f"{key}: taken off the worklist" if ops.worklist_delete(store, key) \
+                    else None
+            if text is None:
+                print(f"{key}: no such item", file=sys.stderr)
+                status = 1
+            else:
+                print(text)
+        return status
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=Path("config.yaml"),
+                   help="configuration file (default: ./config.yaml)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hl7-worklist-bridge",
@@ -57,6 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=2575)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an ACK")
     p.set_defaults(func=_send)
+
+    p = sub.add_parser("journal", help="inspect and replay the message journal")
+    p.add_argument("action", choices=["list", "show", "replay"])
+    p.add_argument("ids", type=int, nargs="*", help="journal IDs (show, replay)")
+    p.add_argument("--failed", action="store_true", help="only failed messages")
+    p.add_argument("--since", help="list from: an ISO date/time, or 30m, 12h, 7d ago")
+    p.add_argument("--limit", type=int, default=1000)
+    _add_config(p)
+    p.set_defaults(func=_journal)
+
+    p = sub.add_parser("worklist", help="list, show or delete worklist items")
+    p.add_argument("action", choices=["list", "show", "delete"])
+    p.add_argument("keys", nargs="*", help="item keys (show, delete)")
+    p.add_argument("--all", action="store_true", help="list items off the worklist too")
+    _add_config(p)
+    p.set_defaults(func=_worklist)
     return parser
 
 
@@ -69,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except MappingError as exc:
         print(f"mapping error:\n{exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(str(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS journal (
     control_id   TEXT,
     message_type TEXT,
     profile      TEXT,
-    status       TEXT NOT NULL DEFAULT 'received',  -- received | processed | failed | duplicate
+    -- received | processed | failed | duplicate | replayed (failed, then replayed with success)
+    status       TEXT NOT NULL DEFAULT 'received',
     ack_code     TEXT,
     ack          BLOB,
     error        TEXT
@@ -44,11 +45,14 @@ CREATE TABLE IF NOT EXISTS items (
     visible     INTEGER NOT NULL,
     dataset     TEXT NOT NULL,       -- JSON: DICOM keyword -> value, sequences as lists
     patient_id  TEXT NOT NULL DEFAULT '',
+    sps_start   TEXT NOT NULL DEFAULT '',  -- YYYYMMDDHHMMSS of the first step, for expiry
     updated_at  REAL NOT NULL,
     journal_id  INTEGER
 );
 CREATE INDEX IF NOT EXISTS items_order ON items (order_key);
 CREATE INDEX IF NOT EXISTS items_patient ON items (patient_id);
+CREATE INDEX IF NOT EXISTS items_updated ON items (updated_at);
+CREATE INDEX IF NOT EXISTS items_start ON items (visible, sps_start);
 
 CREATE TABLE IF NOT EXISTS outbox (
     id          INTEGER PRIMARY KEY,
@@ -108,6 +112,14 @@ class OutboxRow:
     sink: str
     item_key: str
     attempts: int
+
+
+def _sps_start(dataset: dict) -> str:
+    steps = dataset.get("ScheduledProcedureStepSequence") or [{}]
+    step = steps[0] if isinstance(steps, list) and steps else {}
+    date = str(step.get("ScheduledProcedureStepStartDate", ""))
+    time_ = str(step.get("ScheduledProcedureStepStartTime", "")).split(".")[0]
+    return (date + time_.ljust(6, "0"))[:14] if date else ""
 
 
 def _item(row: sqlite3.Row) -> StoredItem:
@@ -199,24 +211,78 @@ class Store:
 
         When this returns, the order is durable and the ACK may go out.
         """
-        now = time.time()
         with self._transaction():
-            for w in writes:
-                self.db.execute(
-                    "INSERT INTO items (item_key, order_key, status, visible, dataset, "
-                    "patient_id, updated_at, journal_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (item_key) DO UPDATE SET order_key = excluded.order_key, "
-                    "status = excluded.status, visible = excluded.visible, "
-                    "dataset = excluded.dataset, patient_id = excluded.patient_id, "
-                    "updated_at = excluded.updated_at, journal_id = excluded.journal_id",
-                    (w.item_key, w.order_key, w.status, int(w.visible),
-                     json.dumps(w.dataset, ensure_ascii=False), str(w.dataset.get("PatientID", "")),
-                     now, journal_id))
-                for sink in self.sinks:
-                    self.db.execute(
-                        "INSERT INTO outbox (sink, item_key, created_at) VALUES (?, ?, ?)",
-                        (sink, w.item_key, now))
+            self._write_items(writes, journal_id)
             self._finish(journal_id, "processed", header, ack_code, ack, warnings)
+
+    def write_items(self, writes: list[ItemWrite]) -> None:
+        """Item changes that come from no message (an operator, expiry, MPPS), with their
+        outbox rows, in one transaction."""
+        with self._transaction():
+            self._write_items(writes, None)
+
+    def _write_items(self, writes: list[ItemWrite], journal_id: int | None) -> None:
+        now = time.time()
+        for w in writes:
+            self.db.execute(
+                "INSERT INTO items (item_key, order_key, status, visible, dataset, patient_id, "
+                "sps_start, updated_at, journal_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (item_key) DO UPDATE SET order_key = excluded.order_key, "
+                "status = excluded.status, visible = excluded.visible, "
+                "dataset = excluded.dataset, patient_id = excluded.patient_id, "
+                "sps_start = excluded.sps_start, updated_at = excluded.updated_at, "
+                "journal_id = COALESCE(excluded.journal_id, items.journal_id)",
+                (w.item_key, w.order_key, w.status, int(w.visible),
+                 json.dumps(w.dataset, ensure_ascii=False), str(w.dataset.get("PatientID", "")),
+                 _sps_start(w.dataset), now, journal_id))
+            for sink in self.sinks:
+                self.db.execute("INSERT INTO outbox (sink, item_key, created_at) VALUES (?, ?, ?)",
+                                (sink, w.item_key, now))
+
+    def items_of_patient(self, patient_id: str) -> list[StoredItem]:
+        rows = self.db.execute("SELECT * FROM items WHERE patient_id = ? ORDER BY item_key",
+                               (patient_id,)).fetchall()
+        return [_item(r) for r in rows]
+
+    def items_changed_since(self, since: float) -> list[StoredItem]:
+        rows = self.db.execute("SELECT * FROM items WHERE updated_at > ? ORDER BY updated_at",
+                               (since,)).fetchall()
+        return [_item(r) for r in rows]
+
+    def visible_items_starting_before(self, cutoff: str) -> list[StoredItem]:
+        """Live items whose first step starts before `cutoff` (YYYYMMDDHHMMSS)."""
+        rows = self.db.execute("SELECT * FROM items WHERE visible = 1 AND sps_start != '' "
+                               "AND sps_start < ?", (cutoff,)).fetchall()
+        return [_item(r) for r in rows]
+
+    def journal_mark(self, journal_id: int, status: str, error: str | None = None) -> None:
+        self.db.execute("UPDATE journal SET status = ?, error = COALESCE(?, error) WHERE id = ?",
+                        (status, error, journal_id))
+
+    def journal_since(self, since: float, status: str | None = None,
+                      limit: int = 1000) -> list[JournalEntry]:
+        sql = "SELECT * FROM journal WHERE received_at >= ?"
+        args: tuple = (since,)
+        if status:
+            sql += " AND status = ?"
+            args += (status,)
+        rows = self.db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+        return [JournalEntry(**dict(r)) for r in rows]
+
+    def purge_journal(self, before: float) -> int:
+        """Delete processed, duplicate and replayed entries received before `before`.
+        Failed entries stay: they are the ones an operator still has to look at."""
+        cur = self.db.execute("DELETE FROM journal WHERE received_at < ? AND status IN "
+                              "('processed', 'duplicate', 'replayed')", (before,))
+        self.db.execute("DELETE FROM outbox WHERE state = 'done' AND created_at < ?", (before,))
+        return cur.rowcount
+
+    def delete_item(self, item_key: str) -> bool:
+        """Forget an item entirely (after its sinks have removed it)."""
+        with self._transaction():
+            cur = self.db.execute("DELETE FROM items WHERE item_key = ?", (item_key,))
+            self.db.execute("DELETE FROM outbox WHERE item_key = ?", (item_key,))
+        return cur.rowcount > 0
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)
@@ -249,6 +315,14 @@ class Store:
         row = self.db.execute("SELECT COUNT(DISTINCT item_key) FROM outbox WHERE sink = ? AND "
                               "state = 'pending'", (sink,)).fetchone()
         return int(row[0])
+
+    def outbox_state(self, item_key: str) -> list[dict]:
+        """Undelivered outbox rows of an item, per sink and state (pending or dead)."""
+        rows = self.db.execute(
+            "SELECT sink, state, MAX(attempts) AS attempts, MAX(last_error) AS last_error, "
+            "COUNT(*) AS n FROM outbox WHERE item_key = ? AND state != 'done' "
+            "GROUP BY sink, state", (item_key,)).fetchall()
+        return [dict(r) for r in rows]
 
     def enqueue_all(self, sink: str) -> int:
         """Queue every item for `sink` again (resync): the sink rewrites or removes each."""

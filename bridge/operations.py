@@ -1,0 +1,149 @@
+"""Operator commands on the store: `journal list|show|replay`, `worklist list|show|delete`.
+
+They open the store directly, so they work whether the bridge runs or not (SQLite WAL lets
+both write; a running bridge picks the changes up within seconds, see housekeeping.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+from bridge.config import Config
+from bridge.lifecycle import Status
+from bridge.mapping.loader import load_profiles
+from bridge.processor import Processor
+from bridge.store import AsyncStore, ItemWrite, JournalEntry, Store
+
+
+@contextmanager
+def open_store(config: Config) -> Iterator[Store]:
+    if not config.store_path.exists():
+        raise FileNotFoundError(f"no store at {config.store_path} (has the bridge run yet?)")
+    store = Store(config.store_path, sink_names(config))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def sink_names(config: Config) -> list[str]:
+    names = []
+    if config.sinks.folder.enabled:
+        names.append("folder")
+    if config.sinks.orthanc.enabled:
+        names.append("orthanc")
+    return names
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def parse_since(text: str) -> float:
+    """`--since`: an ISO date or date-time, or a duration such as 30m, 12h, 7d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(text[:-1]) * units[text[-1]]
+    return datetime.fromisoformat(text).timestamp()
+
+
+def journal_lines(entries: list[JournalEntry]) -> list[str]:
+    lines = [f"{'ID':>7}  {'received':19}  {'status':9}  {'ack':3}  {'type':9}  "
+             f"{'control id':20}  error"]
+    for e in entries:
+        lines.append(f"{e.id:>7}  {_when(e.received_at)}  {e.status:9}  {e.ack_code or '':3}  "
+                     f"{e.message_type or '':9}  {(e.control_id or '')[:20]:20}  "
+                     f"{(e.error or '')[:80]}")
+    return lines
+
+
+def journal_show(entry: JournalEntry) -> str:
+    raw = entry.raw.decode("latin-1").replace("\r", "\n").rstrip("\n")
+    ack = (entry.ack or b"").decode("latin-1").replace("\r", "\n").rstrip("\n")
+    return "\n".join([
+        f"journal {entry.id}: {entry.status}, received {_when(entry.received_at)} "
+        f"from {entry.peer}",
+        f"sender {entry.sender or '-'}, control id {entry.control_id or '-'}, "
+        f"type {entry.message_type or '-'}, profile {entry.profile or '-'}",
+        f"error: {entry.error or '-'}",
+        "--- message (raw bytes, shown as Latin-1) ---", raw,
+        "--- ACK sent ---", ack or "(none)",
+    ])
+
+
+async def replay(config: Config, ids: list[int]) -> list[tuple[int, str, str | None]]:
+    """Process journaled messages again, after a mapping fix. Returns (id, ACK code, error).
+
+    Each replay is journaled as a new message; the original entry is marked `replayed`
+    when the new run was accepted.
+    """
+    store = AsyncStore(Store(config.store_path, sink_names(config)))
+    try:
+        processor = Processor(config, load_profiles(config.mappings.dir), store)
+        results = []
+        for journal_id in ids:
+            entry = await store.run(store.store.journal_entry, journal_id)
+            if entry is None:
+                results.append((journal_id, "--", "no such journal entry"))
+                continue
+            outcome = await processor.handle(entry.raw, f"replay of {journal_id}")
+            if outcome.code == "AA":
+                await store.run(store.store.journal_mark, journal_id, "replayed",
+                                f"replayed as journal {outcome.journal_id}")
+            results.append((journal_id, outcome.code, outcome.error))
+        return results
+    finally:
+        store.close()
+
+
+def run_replay(config: Config, ids: list[int]) -> list[tuple[int, str, str | None]]:
+    return asyncio.run(replay(config, ids))
+
+
+def worklist_lines(store: Store, show_all: bool) -> list[str]:
+    lines = [f"{'status':12}  {'shown':5}  {'patient':14}  {'accession':16}  {'mod':3}  "
+             f"{'start':14}  item key"]
+    for item in store.items(visible_only=not show_all):
+        ds = item.dataset
+        step = (ds.get("ScheduledProcedureStepSequence") or [{}])[0]
+        start = f"{step.get('ScheduledProcedureStepStartDate', '')}" \
+                f"{step.get('ScheduledProcedureStepStartTime', '')}"
+        lines.append(f"{item.status:12}  {'yes' if item.visible else 'no':5}  "
+                     f"{item.patient_id[:14]:14}  {str(ds.get('AccessionNumber', ''))[:16]:16}  "
+                     f"{step.get('Modality', '')!s:3}  {start[:14]:14}  {item.item_key}")
+    return lines
+
+
+def worklist_show(store: Store, item_key: str) -> str | None:
+    item = store.item(item_key)
+    if item is None:
+        return None
+    delivery = store.outbox_state(item_key)
+    lines = [f"item {item.item_key}", f"order {item.order_key}",
+             f"status {item.status} ({'on' if item.visible else 'off'} the worklist), "
+             f"updated {_when(item.updated_at)}"]
+    for sink in store.sinks:
+        rows = [r for r in delivery if r["sink"] == sink]
+        if not rows:
+            lines.append(f"sink {sink}: delivered")
+        for r in rows:
+            state = "dead letter (no more retries)" if r["state"] == "dead" else "pending"
+            lines.append(f"sink {sink}: {state}, {r['attempts']} failed attempts"
+                         + (f", last error: {r['last_error']}" if r["last_error"] else ""))
+    lines.append(json.dumps(item.dataset, indent=2, ensure_ascii=False))
+    return "\n".join(lines)
+
+
+def worklist_delete(store: Store, item_key: str) -> bool:
+    """Take an item off the worklist and out of the sinks (status DISCONTINUED)."""
+    item = store.item(item_key)
+    if item is None:
+        return False
+    store.write_items([ItemWrite(item.item_key, item.order_key, Status.DISCONTINUED.value,
+                                 False, item.dataset)])
+    return True
