@@ -134,12 +134,18 @@ def run_bridge(workdir: Path, overrides: dict | None = None) -> Iterator[BridgeP
 
 @contextmanager
 def run_wlmscpfs(data_dir: Path) -> Iterator[int]:
-    """wlmscpfs serving <data_dir>/<CALLED_AE>/*.wl, with file reject on (its default)."""
+    """wlmscpfs serving <data_dir>/<CALLED_AE>/*.wl, with file reject on (its default).
+
+    Its output goes to <data_dir>/../wlmscpfs.log: a pipe nobody reads would fill up and
+    stall it (each query logs a few lines).
+    """
     exe = dcmtk("wlmscpfs")
     port = free_port()
     env = {**os.environ, "TCP_NODELAY": "1"}
-    proc = subprocess.Popen([exe, "-dfp", str(data_dir), str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir.parent / "wlmscpfs.log", "ab") as log:
+        proc = subprocess.Popen([exe, "-dfp", str(data_dir), str(port)], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, proc)
         yield port
