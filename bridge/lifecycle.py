@@ -74,7 +74,14 @@ class UnknownOrder(LookupError):
 
 
 def _merge(base: dict[str, Action], overrides: dict) -> dict[str, Action]:
+    """`base` with `overrides` applied. An override ``CA_*`` governs every ORC-5 of CA: it
+    replaces the base's more specific rows (``CA_CA``, ``CA_``), not only ``CA_*``."""
     table = dict(base)
+    for key in overrides:
+        control, _, status = key.upper().partition("_")
+        if status == "*":
+            for old in [k for k in table if k.partition("_")[0] == control]:
+                del table[old]
     for key, rule in overrides.items():
         key = key.upper()
         if rule == "reject":
