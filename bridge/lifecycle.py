@@ -170,3 +170,34 @@ def _changed(writes: list[ItemWrite], by_key: dict[str, StoredItem]) -> list[Ite
                                                                      w.dataset):
             out.append(w)
     return out
+
+
+# --- patients (ADT) -------------------------------------------------------------------
+
+LIVE = frozenset({Status.SCHEDULED, Status.ARRIVED, Status.STARTED})
+UPDATE_EVENTS = frozenset({"A08", "A31"})  # update patient information
+MOVE_EVENTS = frozenset({"A40", "A47"})  # merge patients; change patient identifier
+ARRIVE_EVENTS = frozenset({"A10"})  # patient arriving
+
+
+def patient_writes(event: str, patient_id: str, attributes: dict, items: list[StoredItem],
+                   visible: frozenset[Status] = DEFAULT_VISIBLE,
+                   arrive: bool = False) -> list[ItemWrite]:
+    """What an ADT event does to a patient's live items.
+
+    `items` are the items of the patient the event names: for A08/A31/A10 the patient
+    itself, for A40/A47 the prior identifier (MRG-1), whose items move to `patient_id`.
+    """
+    writes = []
+    for old in items:
+        if Status(old.status) not in LIVE:
+            continue  # a cancelled or completed order keeps the demographics it had
+        dataset = {**old.dataset, **attributes}
+        status = Status(old.status)
+        if event in MOVE_EVENTS:
+            dataset["PatientID"] = patient_id
+        elif event in ARRIVE_EVENTS and arrive and status is Status.SCHEDULED:
+            status = Status.ARRIVED
+        writes.append(ItemWrite(old.item_key, old.order_key, status.value, status in visible,
+                                dataset))
+    return _changed(writes, {i.item_key: i for i in items})

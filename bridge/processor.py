@@ -15,9 +15,18 @@ from bridge import ack as acks
 from bridge.ack import AckError, ErrorLocation
 from bridge.config import Config
 from bridge.decoding import DecodeError, UnknownCharset, decode
-from bridge.lifecycle import Effect, OrderControl, UnknownOrder, UnknownOrderControl, plan
+from bridge.lifecycle import (
+    MOVE_EVENTS,
+    Effect,
+    OrderControl,
+    UnknownOrder,
+    UnknownOrderControl,
+    patient_writes,
+    plan,
+)
 from bridge.mapping.engine import NoProfile, apply_profile, select_profile
 from bridge.mapping.loader import Profile
+from bridge.mapping.patient import PatientProfile, apply_patient_profile
 from bridge.mapping.rules import MappingFieldError
 from bridge.message import Message
 from bridge.store import AsyncStore, ItemWrite
@@ -73,7 +82,10 @@ class Processor:
                 log.info("journal %d: duplicate of %s control ID %s, same ACK sent again",
                          journal_id, header["sender"], header["control_id"])
                 return Outcome(ack, code, journal_id)
-            writes, warnings = await self._writes(msg, profile)
+            if isinstance(profile, PatientProfile):
+                writes, warnings = await self._patient_writes(msg, profile), []
+            else:
+                writes, warnings = await self._writes(msg, profile)
             ack = self._encode(acks.build_ack("AA", f"A{journal_id}", msg), msg)
             await self.store.run(self.store.store.commit_message, journal_id, header, writes,
                                  "AA", ack, "; ".join(warnings) or None)
@@ -162,6 +174,34 @@ class Processor:
                             for i in order.items]
             writes.extend(plan(order, existing, action, self.control.visible, from_message))
         return writes, mapped.warnings
+
+    async def _patient_writes(self, msg: Message, profile: PatientProfile) -> list[ItemWrite]:
+        event = msg.header(9, 2)
+        try:
+            updates = apply_patient_profile(profile, msg)
+        except MappingFieldError as exc:
+            raise self._field_rejection(exc) from exc
+        if not updates:
+            raise Rejection("AE", AckError(
+                acks.SEGMENT_SEQUENCE_ERROR, f"no {profile.group_segment} segment: the message "
+                "names no patient", ErrorLocation(profile.group_segment, 1)))
+        charset = msg.decoded.charset.dicom
+        writes: list[ItemWrite] = []
+        for update in updates:
+            if event in MOVE_EVENTS and not update.prior_id:
+                path = profile.prior_id.sources[0] if profile.prior_id.sources else None
+                raise self._field_rejection(MappingFieldError(
+                    f"{event} needs the prior patient ID, but "
+                    f"{path.text if path else 'patient.prior_id'} is empty", path,
+                    "patient.prior_id"))
+            if charset and update.attributes:
+                update.attributes["SpecificCharacterSet"] = charset
+            whose = update.prior_id if event in MOVE_EVENTS else update.patient_id
+            items = await self.store.run(self.store.store.items_of_patient, whose)
+            writes.extend(patient_writes(event, update.patient_id, update.attributes, items,
+                                         self.control.visible,
+                                         self.config.lifecycle.arrive_on_a10))
+        return writes
 
     @staticmethod
     def _field_rejection(exc: MappingFieldError) -> Rejection:

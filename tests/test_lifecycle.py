@@ -78,3 +78,46 @@ async def test_an_xo_that_drops_a_procedure_removes_its_item(processor) -> None:
                            "t")
     items = {i.item_key: (i.status, i.visible) for i in processor.store.store.items()}
     assert items == {"D^RIS|RPA|SA": ("DISCONTINUED", False), "D^RIS|RPB|SB": ("SCHEDULED", True)}
+
+
+def adt(event: str, control_id: str, pid: str, name: str = "", mrg: str | None = None,
+        birth: str = "") -> bytes:
+    segments = [f"MSH|^~\\&|ADT|HOSP|BRIDGE|IMG|20240101||ADT^{event}|{control_id}|P|2.5",
+                f"EVN|{event}|20240101", f"PID|||{pid}^^^HOSP||{name}||{birth}"]
+    if mrg is not None:
+        segments.append(f"MRG|{mrg}^^^HOSP")
+    return ("\r".join(segments) + "\r").encode()
+
+
+async def test_a08_changes_only_what_it_carries_and_only_live_items(processor) -> None:
+    await processor.handle(orm("A1", order="LIVE", patient_id="P9").encode(), "t")
+    await processor.handle(orm("A2", order="DONE", patient_id="P9").encode(), "t")
+    await processor.handle(orm("A3", order="DONE", patient_id="P9", control="SC",
+                               status="CM").encode(), "t")
+    outcome = await processor.handle(adt("A08", "A4", "P9", name="NEW^NAME"), "t")
+    assert outcome.code == "AA"
+    items = {i.order_key: i for i in processor.store.store.items()}
+    live, done = items["LIVE^RIS"].dataset, items["DONE^RIS"].dataset
+    assert live["PatientName"] == "NEW^NAME"
+    assert live["PatientBirthDate"] == "19700101"  # PID-7 empty in the A08: kept
+    assert done["PatientName"] == "DOE^JANE"  # a completed order keeps its demographics
+
+
+async def test_a40_without_mrg_is_ae_at_mrg_1(processor) -> None:
+    outcome = await processor.handle(adt("A40", "M1", "P1", mrg=""), "t")
+    assert outcome.code == "AE" and b"|MRG^1^1^1^1|101^" in outcome.ack
+
+
+async def test_a10_sets_arrived_only_when_configured(processor) -> None:
+    await processor.handle(orm("R1", order="ARR", patient_id="P5").encode(), "t")
+    await processor.handle(adt("A10", "R2", "P5"), "t")
+    assert processor.store.store.items()[0].status == "SCHEDULED"
+    processor.config.lifecycle.arrive_on_a10 = True
+    await processor.handle(adt("A10", "R3", "P5"), "t")
+    [item] = processor.store.store.items()
+    assert (item.status, item.visible) == ("ARRIVED", True)
+
+
+async def test_adt_for_a_patient_without_items_is_accepted_and_changes_nothing(processor) -> None:
+    outcome = await processor.handle(adt("A08", "Z1", "NOBODY", name="X^Y"), "t")
+    assert outcome.code == "AA" and processor.store.store.items() == []

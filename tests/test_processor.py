@@ -52,9 +52,12 @@ async def test_garbage_is_ar_and_still_journaled(processor) -> None:
 
 
 async def test_unsupported_type_and_event(processor) -> None:
-    adt = "MSH|^~\\&|A|B|C|D|||ADT^A01|X1|P|2.5\rPID|||1\r"
-    outcome = await processor.handle(adt.encode(), PEER)
+    siu = "MSH|^~\\&|A|B|C|D|||SIU^S12|X1|P|2.5\rSCH|1\r"
+    outcome = await processor.handle(siu.encode(), PEER)
     assert (outcome.code, err(outcome)) == ("AR", ("MSH^1^9^1", "200"))
+    adt = "MSH|^~\\&|A|B|C|D|||ADT^A01|X0|P|2.5\rPID|||1\r"
+    outcome = await processor.handle(adt.encode(), PEER)
+    assert (outcome.code, err(outcome)) == ("AR", ("MSH^1^9^1", "201"))
     o02 = orm("X2").replace("ORM^O01", "ORM^O02")
     outcome = await processor.handle(o02.encode(), PEER)
     assert (outcome.code, err(outcome)) == ("AR", ("MSH^1^9^1", "201"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
+from typing import TYPE_CHECKING
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from ruamel.yaml import YAML
@@ -13,6 +14,9 @@ from ruamel.yaml.error import YAMLError
 from bridge.mapping.rules import Rule, SequenceRule
 from bridge.mapping.transforms import CODE_TRANSFORMS, TRANSFORMS
 from bridge.message import Path, PathError
+
+if TYPE_CHECKING:
+    from bridge.mapping.patient import PatientProfile
 
 
 class MappingError(Exception):
@@ -219,12 +223,14 @@ def _load_document(file: FsPath) -> tuple[CommentedMap | None, list[str]]:
     return doc, []
 
 
-def load_profile(file: FsPath) -> Profile:
+def load_profile(file: FsPath) -> Profile | PatientProfile:
     """Load and check one mapping file; raise MappingError listing every problem."""
     doc, problems = _load_document(file)
     if doc is None:
         raise MappingError(problems)
     r = _Reader(str(file))
+    if doc.get("kind") == "patient":
+        return _load_patient_profile(r, doc, file)
     for key in doc:
         if key not in _TOP_KEYS:
             r.problem(doc, key, f"unknown key {key!r} (known: {', '.join(sorted(_TOP_KEYS))})")
@@ -274,6 +280,23 @@ def load_profile(file: FsPath) -> Profile:
         order_key=order_key, order_control=control, order_status=status,
         attributes=attributes, charset=str(charset) if charset else None,
     )
+
+
+def _load_patient_profile(r: _Reader, doc: CommentedMap, file: FsPath) -> PatientProfile:
+    from bridge.mapping.patient import read_patient_profile
+
+    name = doc.get("profile") or file.stem
+    match = Match()
+    for key, value in (doc.get("match") or {}).items():
+        if key in _MATCH_KEYS:
+            values = value if isinstance(value, list) else [value]
+            setattr(match, _MATCH_KEYS[key], [str(v) for v in values])
+        else:
+            r.problem(doc["match"], key, f"match: unknown key {key!r}")
+    profile = read_patient_profile(r, doc, str(name), match, str(file))
+    if r.problems:
+        raise MappingError(r.problems)
+    return profile
 
 
 def load_profiles(folder: FsPath) -> list[Profile]:

@@ -14,7 +14,6 @@ from orders import orm
 from peers import FIXTURES, findscu_worklist, run_bridge, run_wlmscpfs, wait_for
 
 pytestmark = pytest.mark.integration
-CORPUS = FIXTURES.parents[2].parent / "shared" / "corpus" / "hl7"
 KEYS = ["PatientName", "PatientID", "AccessionNumber", "StudyInstanceUID",
         "RequestedProcedureID",
         "ScheduledProcedureStepSequence[0].Modality",
@@ -132,10 +131,7 @@ async def test_unknown_order_control_is_ae_and_changes_nothing(world: World) -> 
 
 
 def _corpus(name: str) -> bytes:
-    path = CORPUS / name
-    if not path.exists():
-        pytest.skip(f"CORPUS MISSING, TEST NOT RUN: {path} (shared/ beside the checkout)")
-    return path.read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    return (FIXTURES / name).read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r")
 
 
 @pytest.mark.parametrize(("name", "placer"), [
@@ -166,3 +162,34 @@ async def test_corpus_xr_change_replaces_the_order(world: World) -> None:
     [new] = world.eventually(1, PatientID="N00804")
     assert str(step(new).ScheduledProcedureStepDescription) == "KNEE-RIGHT AP LAT"
     assert str(step(new).ScheduledProcedureStepID) == "0000731"
+
+
+async def test_a08_renames_the_patient_on_live_items(world: World) -> None:
+    # The 2019 MESA order is for patient 583295 named DOE^J1; the A08 renames him.
+    assert ack_code(await world.send(_corpus("dcm4che__ORM_O01_v231_2019.hl7"))) == "AA"
+    world.eventually(1, AccessionNumber="MOF5026", PatientName="DOE^J1")
+    assert ack_code(await world.send(_corpus("dcm4che__ADT_A08_hl7snd_2017.hl7"))) == "AA"
+    [ds] = world.eventually(1, AccessionNumber="MOF5026", PatientName="SILVERHEELS^JAY")
+    assert ds.PatientID == "583295"
+
+
+@pytest.mark.parametrize(("name", "acc"), [("dcm4che__ADT_A40-PatientMerge_2022.hl7", "MA40"),
+                                           ("dcm4che__ADT_A47-ChangePatientID_2022.hl7", "MA47")])
+async def test_merge_and_change_of_id_move_items_to_the_new_id(world: World, name: str,
+                                                              acc: str) -> None:
+    await world.send(orm(f"{acc}-1", order=acc, accession=acc, patient_id="OLD_PID_1",
+                         name="Old_Smith^Lucy^Mark"))
+    world.eventually(1, AccessionNumber=acc, PatientID="OLD_PID_1")
+    assert ack_code(await world.send(_corpus(name))) == "AA"
+    [ds] = world.eventually(1, AccessionNumber=acc, PatientID="NEW_PID_1")
+    # Both messages name the patient Smith^Lucy^Mark or New_Smith^Lucy^Mark in PID-5.
+    assert str(ds.PatientName).endswith("Smith^Lucy^Mark")
+
+
+async def test_a40_with_two_pid_mrg_pairs_merges_both(world: World) -> None:
+    for old in ("56789", "569"):
+        await world.send(orm(f"B{old}", order=f"B{old}", accession=f"B{old}", patient_id=old))
+        world.eventually(1, AccessionNumber=f"B{old}", PatientID=old)
+    assert ack_code(await world.send(_corpus("msfhirconv__ADT-A40-02.hl7"))) == "AA"
+    world.eventually(1, AccessionNumber="B56789", PatientID="12345")
+    world.eventually(1, AccessionNumber="B569", PatientID="145")

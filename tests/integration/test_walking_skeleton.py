@@ -129,11 +129,12 @@ def test_orders_served_by_orthanc(tmp_path: Path) -> None:
 
 
 def test_failures_answer_ae_ar_and_keep_serving(tmp_path: Path) -> None:
-    """A message with no modality gets AE naming OBR-24, an ADT with no profile gets AR 200;
-    the same connection then still takes an order."""
+    """A message with no modality gets AE naming OBR-24, a scheduling message (no profile
+    for SIU) gets AR 200; the same connection then still takes an order."""
+    siu = tmp_path / "siu.hl7"
+    siu.write_text("MSH|^~\\&|SCHED|H|BR|H|20240101||SIU^S12|S1|P|2.5\rSCH|1\r")
     with run_bridge(tmp_path / "bridge") as bridge:
-        result = bridge.send(FIXTURES / "msfhirconv__ORM-O01-03.hl7",
-                             FIXTURES / "dcm4che14__ADT_A40_v231_MESA.hl7",
+        result = bridge.send(FIXTURES / "msfhirconv__ORM-O01-03.hl7", siu,
                              FIXTURES / "dcm4che__ORM_O01_v231_2019.hl7")
         blocks = result.stdout.split("# ")[1:]
         assert [b.split(": ")[1][:2] for b in blocks] == ["AE", "AR", "AA"]

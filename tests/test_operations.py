@@ -1,0 +1,103 @@
+"""Operator commands (`journal`, `worklist`) run as a user would, and housekeeping."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bridge.config import load_config
+from bridge.housekeeping import Housekeeper
+from bridge.mapping.loader import load_profiles
+from bridge.processor import Processor
+from bridge.store import AsyncStore, Store
+
+from orders import orm
+from peers import ROOT, bridge_env
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bridge", *args, "--config",
+                           str(ROOT / "config.yaml")], capture_output=True, text=True,
+                          timeout=60, env=bridge_env(BRIDGE_DATA_DIR=str(tmp_path / "data")))
+
+
+async def test_journal_list_show_and_replay_after_a_mapping_fix(processor, tmp_path) -> None:
+    good = await processor.handle(orm("J1", order="J1").encode(), "t")
+    bad = await processor.handle(orm("J2", order="J2", modality="").encode(), "t")
+    assert (good.code, bad.code) == ("AA", "AE")
+
+    listing = cli(tmp_path, "journal", "list", "--failed")
+    assert listing.returncode == 0
+    lines = listing.stdout.splitlines()[1:]
+    assert len(lines) == 1 and lines[0].split()[0] == str(bad.journal_id)
+    assert "OBR-24" in lines[0]
+
+    shown = cli(tmp_path, "journal", "show", str(bad.journal_id))
+    assert "ORC|NW|J2^RIS" in shown.stdout and "MSA|AE|J2" in shown.stdout
+
+    # Replay fails the same way while the mapping is unchanged...
+    again = cli(tmp_path, "journal", "replay", str(bad.journal_id))
+    assert again.returncode == 1 and f"{bad.journal_id}: AE" in again.stdout
+    # ...and succeeds once the site's mapping supplies a modality.
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    text = (ROOT / "mappings" / "ihe-orm-o01.yaml").read_text()
+    (mappings / "ihe-orm-o01.yaml").write_text(
+        text.replace("Modality: {from: OBR-24, required: true}",
+                     "Modality: {from: OBR-24, default: CT}"))
+    fixed = subprocess.run(
+        [sys.executable, "-m", "bridge", "journal", "replay", "--failed", "--config",
+         str(ROOT / "config.yaml")], capture_output=True, text=True, timeout=60,
+        env=bridge_env(BRIDGE_DATA_DIR=str(tmp_path / "data"),
+                       BRIDGE_MAPPINGS__DIR=str(mappings)))
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    db = Store(tmp_path / "data" / "bridge.sqlite")
+    try:
+        assert db.journal_entry(bad.journal_id).status == "replayed"
+        assert {i.order_key for i in db.items()} == {"J1^RIS", "J2^RIS"}
+    finally:
+        db.close()
+
+
+async def test_worklist_list_show_delete(processor, tmp_path) -> None:
+    await processor.handle(orm("W1", order="W1", accession="WACC").encode(), "t")
+    listing = cli(tmp_path, "worklist", "list")
+    [row] = listing.stdout.splitlines()[1:]
+    key = row.split()[-1]
+    assert key == "W1^RIS|RP1|SPS1" and "WACC" in row and "SCHEDULED" in row
+    shown = cli(tmp_path, "worklist", "show", key)
+    assert "sink folder: pending" in shown.stdout and '"AccessionNumber": "WACC"' in shown.stdout
+    deleted = cli(tmp_path, "worklist", "delete", key)
+    assert deleted.returncode == 0
+    assert cli(tmp_path, "worklist", "list").stdout.splitlines()[1:] == []
+    assert "DISCONTINUED" in cli(tmp_path, "worklist", "list", "--all").stdout
+    missing = cli(tmp_path, "worklist", "show", "nope")
+    assert missing.returncode == 1 and "no such item" in missing.stderr
+
+
+async def test_housekeeping_expires_old_items_and_purges_the_journal(tmp_path) -> None:
+    config = load_config(ROOT / "config.yaml",
+                         environ={"BRIDGE_DATA_DIR": str(tmp_path / "data"),
+                                  "BRIDGE_LIFECYCLE__EXPIRE_AFTER_HOURS": "24",
+                                  "BRIDGE_JOURNAL__RETENTION_DAYS": "1"})
+    store = AsyncStore(Store(config.store_path, ["folder"]))
+    try:
+        processor = Processor(config, load_profiles(config.mappings.dir), store)
+        today = time.strftime("%Y%m%d")
+        await processor.handle(orm("H1", order="OLD", start="202001011000").encode(), "t")
+        await processor.handle(orm("H2", order="NEW", start=f"{today}2359").encode(), "t")
+        bad = await processor.handle(b"garbage", "t")
+        # Age the journal: everything was received two days ago.
+        store.store.db.execute("UPDATE journal SET received_at = received_at - 172800")
+        seen: list = []
+        keeper = Housekeeper(config, store, seen.extend)
+        await keeper.tidy()
+        items = {i.order_key: (i.status, i.visible) for i in store.store.items()}
+        assert items == {"OLD^RIS": ("DISCONTINUED", False), "NEW^RIS": ("SCHEDULED", True)}
+        assert [w.order_key for w in seen] == ["OLD^RIS"]
+        remaining = store.store.journal_entries()
+        assert [e.id for e in remaining] == [bad.journal_id]  # failed entries are kept
+    finally:
+        store.close()
