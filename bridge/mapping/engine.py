@@ -79,7 +79,7 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
     facts = {"sender": f"{msg.header(3)}|{msg.header(4)}", **(facts or {})}
     result = MappedMessage(profile=profile.name, orders=[])
     for index, group in enumerate(groups, start=1):
-        group_scope = Scope([group, header, msg.segments], msg.seps, facts)
+        group_scope = Scope([group, header, msg.segments], msg.seps, facts, profile.uid_root)
         key = profile.order_key.evaluate(group_scope, None)
         control = profile.order_control.evaluate(group_scope, None)
         status = profile.order_status.evaluate(group_scope, None)
@@ -91,7 +91,8 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
         error = None
         for level in item_levels:
             t = Trace() if trace else None
-            scope = Scope([level, group, header, msg.segments], msg.seps, facts)
+            scope = Scope([level, group, header, msg.segments], msg.seps, facts,
+                          profile.uid_root)
             try:
                 items.append(evaluate_rules(profile.attributes, scope, t))
             except MappingFieldError as exc:
