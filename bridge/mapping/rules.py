@@ -26,6 +26,8 @@ MAX_LENGTH = {
 MULTILINE_VRS = {"LT", "ST", "UT"}
 # The DICOM value separator: a rule reading every repetition (`[*]`) joins them with it.
 MULTI_VALUE = "\\"
+_NUMBER = {"IS": re.compile(r"^\s*[+-]?\d+\s*$"),
+           "DS": re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")}
 
 
 class MappingFieldError(Exception):
@@ -171,7 +173,8 @@ class Rule:
             value = self._post(value.strip(), steps)
             if value or len(values) == 1:
                 out.append(value)
-        result = MULTI_VALUE.join(out)
+        # Several values: DICOM values of a multi-valued attribute, or lines of a text.
+        result = ("\r\n" if self.vr in MULTILINE_VRS else MULTI_VALUE).join(out)
         if not result and self.uid_from:
             root = self.uid_root or scope.uid_root
             for path in self.uid_from:
@@ -222,6 +225,11 @@ class Rule:
     def _fit(self, value: str, warnings: list[str]) -> str:
         if self.vr not in MULTILINE_VRS and ("\r" in value or "\n" in value):
             value = " ".join(value.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+        if self.vr in _NUMBER and value and not all(_NUMBER[self.vr].match(v)
+                                                    for v in value.split(MULTI_VALUE)):
+            # A number with its unit glued on ("15kg") would make an invalid file.
+            warnings.append(f"{value!r} is not a valid {self.vr} number: left empty")
+            return ""
         limit = MAX_LENGTH.get(self.vr)
         if limit is None or self.vr == "PN":
             return value
