@@ -25,6 +25,7 @@ class MappedOrder:
     # Why the items could not be mapped. Only an order that creates or replaces items needs
     # them: a cancel or a status change names its order by key and is applied without.
     error: MappingFieldError | None = None
+    traces: list[Trace] = field(default_factory=list)  # one per item, when asked for
 
 
 @dataclass
@@ -88,6 +89,7 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
         else:
             item_levels = [[]]
         items: list[Item] = []
+        traces: list[Trace] = []
         error = None
         for level in item_levels:
             t = Trace() if trace else None
@@ -99,7 +101,8 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
                 error, items = exc, []
                 break
             if t is not None:
-                result.traces.append(t)
+                traces.append(t)
+        result.traces.extend(traces)
         result.orders.append(
-            MappedOrder(str(key), str(control), str(status), items, index, error))
+            MappedOrder(str(key), str(control), str(status), items, index, error, traces))
     return result

@@ -246,6 +246,7 @@ class _Reader:
             self.replace(keyword, spec, rule)
         if "lookup" in spec:
             rule.value_map = self.lookup(keyword, vr, spec)
+            rule.map_label = f"lookup {spec['lookup'] if isinstance(spec['lookup'], str) else 'table'}"
         if "map" in spec:
             table = spec["map"]
             if not isinstance(table, CommentedMap):

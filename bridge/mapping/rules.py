@@ -124,6 +124,7 @@ class Rule:
     replace: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
     value_map: dict[str, str] | None = None
     map_default: str | None = None
+    map_label: str = "map"  # how the trace names the table ("lookup FILE.csv" for a CSV)
     default: str | None = None
     required: bool = False
     uid_from: list[Path] | None = None
@@ -206,8 +207,8 @@ class Rule:
             if "replace" not in steps:
                 steps.append("replace")
         if self.value_map is not None:
-            if "map" not in steps:
-                steps.append("map")
+            if self.map_label not in steps:
+                steps.append(self.map_label)
             mapped = self.value_map.get(value)
             if mapped is None and self.map_default is not None:
                 mapped = self.map_default

@@ -1,0 +1,147 @@
+"""A dry run of the mapping on one message, for `translate`: what the bridge would write.
+
+The message goes through the same steps as in the processor (decode by MSH-18 or the
+profile's charset, select the profile, map, add SpecificCharacterSet), without the store.
+Output: DICOM JSON (PS3.18 F.2), a dcmdump-like listing, and the trace of every attribute.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from bridge.decoding import DecodeError, UnknownCharset, decode
+from bridge.dicomfile import to_dataset
+from bridge.lifecycle import DEFAULT_TABLE, Effect, UnknownOrderControl, lookup
+from bridge.mapping.engine import MappedMessage, NoProfile, apply_profile, select_profile
+from bridge.mapping.loader import Profile
+from bridge.mapping.rules import MappingFieldError, Trace
+from bridge.message import Message
+
+
+class MessageError(Exception):
+    """The message cannot be translated: not HL7, unknown charset, no profile, a value
+    the profile requires is missing."""
+
+
+@dataclass
+class DryRun:
+    profile: Profile
+    mapped: MappedMessage
+    charset: str  # DICOM SpecificCharacterSet given to the items
+    notes: list[str] = field(default_factory=list)  # per order: what the bridge would do
+    failed: bool = False  # an order that needs items could not be mapped
+
+
+def translate(raw: bytes, profiles: list[Profile], *, default_charset: str = "8859/1",
+              detect_utf8: bool = True) -> DryRun:
+    """Map one message; raise MessageError when the bridge would answer AR or AE for it."""
+    try:
+        msg = Message(decode(raw, default_charset=default_charset, detect_utf8=detect_utf8))
+        profile = select_profile(profiles, msg)
+        if profile.charset:
+            msg = Message(decode(raw, override=profile.charset, detect_utf8=False))
+    except (DecodeError, NoProfile) as exc:
+        raise MessageError(str(exc)) from exc
+    except UnknownCharset as exc:
+        raise MessageError(f"unknown character set {exc} in MSH-18") from exc
+    try:
+        mapped = apply_profile(profile, msg, trace=True)
+    except MappingFieldError as exc:
+        raise MessageError(_field_error(exc)) from exc
+    run = DryRun(profile, mapped, msg.decoded.charset.dicom)
+    if not mapped.orders:
+        raise MessageError(f"no {profile.group_segment} segment: the message carries no order")
+    for order in mapped.orders:
+        for item in order.items:
+            if run.charset:
+                item["SpecificCharacterSet"] = run.charset
+        head = f"order {order.group_index} ({order.key}): ORC-1 {order.control!r}, " \
+               f"ORC-5 {order.status!r}"
+        try:
+            action = lookup(DEFAULT_TABLE, order.control, order.status)
+        except UnknownOrderControl as exc:
+            run.notes.append(f"{head}: {exc}; the bridge answers AE")
+            action = None
+        if order.error is not None:
+            if action is None or action.effect is Effect.REPLACE:
+                run.failed = True
+                run.notes.append(f"{head}: {_field_error(order.error)}")
+            else:
+                run.notes.append(f"{head}: {action.status.value}, needs no items "
+                                 f"({order.error})")
+        elif action is not None:
+            run.notes.append(f"{head}: {action.effect.value}, {action.status.value}, "
+                             f"{len(order.items)} item(s)")
+    return run
+
+
+def _field_error(exc: MappingFieldError) -> str:
+    where = f" (rule at {exc.where})" if exc.where else ""
+    return f"{exc}{where}"
+
+
+def datasets(run: DryRun) -> list[Dataset]:
+    return [to_dataset(item) for order in run.mapped.orders for item in order.items]
+
+
+def as_json(run: DryRun) -> str:
+    """The items as a PS3.18 F.2 JSON array, one object per worklist item."""
+    return json.dumps([ds.to_json_dict() for ds in datasets(run)], indent=2,
+                      ensure_ascii=False)
+
+
+def _dump_dataset(ds: Dataset, indent: int, out: list[str]) -> None:
+    pad = "  " * indent
+    for elem in ds:
+        tag = f"({elem.tag.group:04x},{elem.tag.element:04x})"
+        if elem.VR == "SQ":
+            value = f"(Sequence with {len(elem.value)} item{'s' if len(elem.value) != 1 else ''})"
+            out.append(f"{pad}{tag} SQ {value:<40} # {elem.keyword}")
+            seq: Sequence = elem.value
+            for item in seq:
+                out.append(f"{pad}  (fffe,e000) na (Item)")
+                _dump_dataset(item, indent + 2, out)
+            continue
+        if elem.value in (None, "") or elem.VM == 0:
+            value = "(no value available)"
+        else:
+            values = elem.value if elem.VM > 1 else [elem.value]
+            value = "[" + "\\".join(str(v) for v in values) + "]"
+        out.append(f"{pad}{tag} {elem.VR} {value:<40} # {elem.keyword}")
+
+
+def as_dump(run: DryRun) -> str:
+    """A dcmdump-like listing of each item, headed by its order."""
+    out = [f"# profile {run.profile.name} ({run.profile.file})"]
+    for order in run.mapped.orders:
+        out.append(f"# order {order.group_index}: key {order.key!r}, ORC-1 {order.control!r}, "
+                   f"ORC-5 {order.status!r}, {len(order.items)} item(s)")
+        for i, item in enumerate(order.items, start=1):
+            out.append(f"# item {i}")
+            _dump_dataset(to_dataset(item), 0, out)
+    return "\n".join(out)
+
+
+def as_trace(run: DryRun) -> str:
+    """Per attribute: the value, the HL7 path (or constant) it came from, the transforms."""
+    out = []
+    for order in run.mapped.orders:
+        for i, trace in enumerate(order.traces, start=1):
+            out.append(f"# order {order.group_index}, item {i}")
+            out.extend(_trace_lines(trace))
+    return "\n".join(out)
+
+
+def _trace_lines(trace: Trace) -> list[str]:
+    lines = []
+    for e in trace.entries:
+        value = "(left out)" if e.value is None else repr(e.value) \
+            if not isinstance(e.value, list) else f"{len(e.value)} item(s) {e.value}"
+        steps = f" | {', '.join(e.transforms)}" if e.transforms else ""
+        lines.append(f"{e.attribute} = {value}  <- {e.source}{steps}")
+        lines.extend(f"    warning: {w}" for w in e.warnings)
+    return lines
