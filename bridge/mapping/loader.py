@@ -246,7 +246,8 @@ class _Reader:
             self.replace(keyword, spec, rule)
         if "lookup" in spec:
             rule.value_map = self.lookup(keyword, vr, spec)
-            rule.map_label = f"lookup {spec['lookup'] if isinstance(spec['lookup'], str) else 'table'}"
+            given = spec["lookup"]
+            rule.map_label = f"lookup {given if isinstance(given, str) else given.get('file')}"
         if "map" in spec:
             table = spec["map"]
             if not isinstance(table, CommentedMap):
