@@ -213,8 +213,9 @@ class _Reader:
              spec: object) -> Rule | _Omit:
         where = self.at(node, key)
         rule = Rule(keyword=keyword, vr=vr, where=where)
-        if isinstance(spec, str):
-            rule.sources = self.paths(node, key, spec)
+        if isinstance(spec, str) or (isinstance(spec, CommentedSeq)
+                                     and all(isinstance(s, str) for s in spec)):
+            rule.sources = self.paths(node, key, list(spec) if isinstance(spec, list) else spec)
             return rule
         if spec is None:
             rule.value = ""
@@ -230,7 +231,8 @@ class _Reader:
         if spec.get("omit"):
             return _Omit(keyword, where)
         given = [k for k in ("from", "value", "template") if k in spec]
-        if len(given) != 1:
+        uid_only = not given and ("uid_from" in spec or spec.get("uid_generate"))
+        if len(given) > 1 or (not given and not uid_only):
             self.problem(node, key, f"{keyword}: give exactly one of from, value, template")
         if "from" in spec:
             rule.sources = self.paths(spec, "from", spec["from"])
@@ -400,7 +402,7 @@ class _Reader:
                 continue
             if vr == "SQ":
                 rules.append(self.sequence(keyword, node, spec))
-            elif isinstance(spec, CommentedSeq):
+            elif isinstance(spec, CommentedSeq) and not all(isinstance(s, str) for s in spec):
                 self.problem(node, keyword, f"{keyword} is {vr}, not a sequence: "
                                             "it cannot hold a list of items")
             else:
