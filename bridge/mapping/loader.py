@@ -126,7 +126,7 @@ class _Reader:
                         line, col = lc.item(key)
                 except (KeyError, IndexError, TypeError):
                     pass
-        return f"{self.file}:{line + 1}:{col + 1}"
+        return f"{self.file}:{(line or 0) + 1}:{(col or 0) + 1}"
 
     def problem(self, node: object, key: object, text: str, value: bool = False) -> None:
         self.problems.append(f"{self.at(node, key, value)}: {text}")
@@ -548,7 +548,9 @@ def _base(doc: CommentedMap, r: _Reader, library: _Library) -> Profile | None:
         return None
     try:
         return library.load(file)
-    except MappingError:
+    except MappingError as exc:
+        # The base's own problems first, so that checking the child alone shows them.
+        r.problems.extend(exc.problems)
         r.problem(doc, "extends", f"extends: profile {name!r} ({file}) has errors, listed "
                                   "with its file name", value=True)
         return None
@@ -567,6 +569,9 @@ def _load(file: FsPath, library: _Library) -> Profile:
         r.problem(doc, None, "'profile' (the profile's name) is missing")
         name = file.stem
     base = _base(doc, r, library)
+    # A child whose base failed to load: what it lacks may come from the base, so only
+    # its own errors are reported, not "missing" ones.
+    inherits = base is not None or "extends" in doc
 
     kind = str(doc.get("kind", base.kind if base else "order"))
     if kind == "patient":
@@ -586,7 +591,7 @@ def _load(file: FsPath, library: _Library) -> Profile:
             setattr(match, _MATCH_KEYS[key], [str(v).strip() for v in values])
     elif spec is not None:
         r.problem(doc, "match", "match must be a mapping", value=True)
-    if not match.message_types:
+    if not match.message_types and not inherits:
         r.problem(doc, "match" if "match" in doc else None,
                   "match: message_type is missing (for example ORM^O01)")
 
@@ -608,7 +613,7 @@ def _load(file: FsPath, library: _Library) -> Profile:
                   value=True)
 
     order = doc.get("order")
-    if order is None and base is None:
+    if order is None and not inherits:
         r.problem(doc, None, "'order' must give key, control and status rules")
     if order is not None and not isinstance(order, CommentedMap):
         r.problem(doc, "order", "'order' must give key, control and status rules", value=True)
@@ -626,7 +631,7 @@ def _load(file: FsPath, library: _Library) -> Profile:
             order_rules[k] = getattr(base, f"order_{k}")
     order_rules["key"].required = True  # without a key an order cannot be found again
 
-    if "attributes" not in doc and base is None:
+    if "attributes" not in doc and not inherits:
         r.problem(doc, None, "'attributes' is missing")
     attributes = r.attributes(doc.get("attributes") or CommentedMap())
     attributes = _merge_rules(base.attributes, attributes) if base \
