@@ -65,7 +65,7 @@ def test_translate_vendor_profile_shows_lookup_and_truncation(
 def test_translate_missing_required_value_exits_2_naming_field_and_rule(
         capsys: pytest.CaptureFixture[str]) -> None:
     msg = FIXTURES / "hl7dotnetcore__ORM_O01_v23_CRLF_escapes-X0D-H-N-br.hl7"
-    code, out, err = run(capsys, "translate", str(msg), "--config", str(CONFIG))
+    code, _out, err = run(capsys, "translate", str(msg), "--config", str(CONFIG))
     assert code == 2
     assert "Modality is required but OBR-24 is empty (rule at " \
            f"{SHIPPED / 'ihe-orm-o01.yaml'}:" in err

@@ -489,3 +489,60 @@ match: {message_type: ORM^O01, sending_application: CP}
 order: {key: ORC-2, control: ORC-1, status: ORC-5}
 attributes:
 """
+
+
+def test_a_source_that_transforms_to_nothing_falls_through(tmp_path: Path) -> None:
+    # veterinary OMI 2021: TQ1-7 = "S" (the priority, in the wrong field), ORC-9 = 200008161510
+    p = profile(tmp_path, """
+        ScheduledProcedureStepSequence:
+          - ScheduledProcedureStepStartDate: {from: [TQ1-7, ORC-9], as: date}
+    """, head="profile: t\nmatch: {message_type: OMI^O23}\n"
+              "order: {key: ORC-2, control: ORC-1, status: ORC-5}\nattributes:\n")
+    msg = message("dcm4che__OMI_O23_veterinary_2021-01_LF.hl7")
+    assert item(p, msg) == {"ScheduledProcedureStepSequence": [
+        {"ScheduledProcedureStepStartDate": "20000816"}]}
+    assert mapped(p, msg).traces[0].entries[0].source == "ORC-9"
+
+
+def test_person_name_group_longer_than_64_is_cut_with_a_warning(tmp_path: Path) -> None:
+    # OMG eyecare OBR-34: ScheduledPerformingPhysicianNameFN^...GN^...MN^^DR^Md
+    head = "profile: t\nmatch: {message_type: OMG^O19}\norder: {key: ORC-2, control: ORC-1, " \
+           "status: ORC-5}\nattributes:\n"
+    p = profile(tmp_path, "ReferringPhysicianName: {from: OBR-34, as: pn}\n", head=head)
+    msg = message("dcm4che__OMG_O19-GeneralClinicalOrder-Eyecare_2022.hl7")
+    name = item(p, msg)["ReferringPhysicianName"]
+    # XPN family^given^middle^suffix^prefix -> PN family^given^middle^prefix
+    full = "ScheduledPerformingPhysicianNameFN^ScheduledPerformingPhysicianNameGN^" \
+           "ScheduledPerformingPhysicianNameMN^DR"
+    assert full.startswith(name) and len(name) <= 64
+    assert mapped(p, msg).warnings == [
+        f"ReferringPhysicianName: truncated from {len(full)} to 64 characters (PN)"]
+
+
+def test_code_too_long_for_sh_is_left_out_with_a_warning(tmp_path: Path) -> None:
+    # ANS flux4: OBR-4 = COMPLEMENT_POST_ACTE^...^TLR_OBR_PROCEDURE (20 and 17 characters)
+    head = "profile: t\nmatch: {message_type: OMI^O23}\norder: {key: ORC-2, control: ORC-1, " \
+           "status: ORC-5}\nattributes:\n"
+    p = profile(tmp_path, "RequestedProcedureCodeSequence: {from: OBR-4, as: code}\n",
+                head=head)
+    msg = message("ans-teleradiologie__OMI_O23_v251_SR_flux4.hl7")
+    assert item(p, msg) == {}
+    assert mapped(p, msg).warnings == [
+        "RequestedProcedureCodeSequence: OBR-4: code 'COMPLEMENT_POST_ACTE' "
+        "(TLR_OBR_PROCEDURE) does not fit SH (16 characters): left out"]
+
+
+def test_binary_number_attribute_is_written_as_a_number(tmp_path: Path) -> None:
+    import io
+
+    import pydicom
+
+    from bridge.dicomfile import part10_bytes
+
+    # OMG eyecare: PV1-15 = B6 -> PregnancyStatus (US) 3
+    head = "profile: t\nmatch: {message_type: OMG^O19}\norder: {key: ORC-2, control: ORC-1, " \
+           "status: ORC-5}\nattributes:\n"
+    p = profile(tmp_path, "PregnancyStatus: {value: '3', when: {PV1-15: B6}}\n", head=head)
+    got = item(p, message("dcm4che__OMG_O19-GeneralClinicalOrder-Eyecare_2022.hl7"))
+    ds = pydicom.dcmread(io.BytesIO(part10_bytes(got, "seed")))
+    assert ds.PregnancyStatus == 3

@@ -57,10 +57,12 @@ def check_value(vr: str, text: str) -> str | None:
             return f"{value!r} is not a TM time (HHMMSS.FFFFFF, hours 00-23)"
         if vr == "UI" and (problem := check_uid(value)):
             return problem
-        if vr == "IS" and not _IS.match(value):
-            return f"{value!r} is not an IS integer"
-        if vr == "DS" and not _DS.match(value):
-            return f"{value!r} is not a DS decimal number"
+        if vr in ("IS", "US", "SS", "UL", "SL") and not _IS.match(value):
+            return f"{value!r} is not an integer ({vr})"
+        if vr == "US" and not 0 <= int(value) <= 65535:
+            return f"{value!r} is out of the range of US (0 to 65535)"
+        if vr in ("DS", "FL", "FD") and not _DS.match(value):
+            return f"{value!r} is not a decimal number ({vr})"
         if vr == "AE" and (not value.strip() or "\\" in value):
             return f"{value!r} is not an AE title (1 to 16 characters, not only spaces)"
         if vr == "PN" and any(len(group) > 64 for group in value.split("=")):

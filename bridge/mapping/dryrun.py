@@ -56,9 +56,13 @@ def translate(raw: bytes, profiles: list[Profile], *, default_charset: str = "88
     if not mapped.orders:
         raise MessageError(f"no {profile.group_segment} segment: the message carries no order")
     for order in mapped.orders:
-        for item in order.items:
+        for i, item in enumerate(order.items, start=1):
             if run.charset:
                 item["SpecificCharacterSet"] = run.charset
+            gaps = worklist_gaps(item)
+            if gaps:
+                run.notes.append(f"order {order.group_index}, item {i}: wlmscpfs would ignore "
+                                 f"it: {'; '.join(gaps)}")
         head = f"order {order.group_index} ({order.key}): ORC-1 {order.control!r}, " \
                f"ORC-5 {order.status!r}"
         try:
@@ -77,6 +81,32 @@ def translate(raw: bytes, profiles: list[Profile], *, default_charset: str = "88
             run.notes.append(f"{head}: {action.effect.value}, {action.status.value}, "
                              f"{len(order.items)} item(s)")
     return run
+
+
+# What wlmscpfs (--enable-file-reject, its default) needs of a worklist file; a file without
+# them is silently left out of every answer (REFERENCE section 5).
+_SPS_NEEDS = ("ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
+              "ScheduledProcedureStepStartTime", "Modality", "ScheduledProcedureStepID")
+_TOP_NEEDS = ("RequestedProcedureID", "StudyInstanceUID", "PatientName", "PatientID")
+
+
+def worklist_gaps(item: dict) -> list[str]:
+    """Why wlmscpfs would ignore this item (empty: it would serve it)."""
+    gaps = [f"{k} is empty" for k in _TOP_NEEDS if not item.get(k)]
+    sps = item.get("ScheduledProcedureStepSequence")
+    if not isinstance(sps, list) or len(sps) != 1:
+        return [*gaps, "ScheduledProcedureStepSequence must hold exactly one item"]
+    step = sps[0]
+    gaps += [f"ScheduledProcedureStepSequence: {k} is empty" for k in _SPS_NEEDS
+             if not step.get(k)]
+    if not step.get("ScheduledProcedureStepDescription") and \
+            not step.get("ScheduledProtocolCodeSequence"):
+        gaps.append("neither ScheduledProcedureStepDescription nor "
+                    "ScheduledProtocolCodeSequence")
+    if not item.get("RequestedProcedureDescription") and \
+            not item.get("RequestedProcedureCodeSequence"):
+        gaps.append("neither RequestedProcedureDescription nor RequestedProcedureCodeSequence")
+    return gaps
 
 
 def _field_error(exc: MappingFieldError) -> str:

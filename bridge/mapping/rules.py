@@ -26,8 +26,11 @@ MAX_LENGTH = {
 MULTILINE_VRS = {"LT", "ST", "UT"}
 # The DICOM value separator: a rule reading every repetition (`[*]`) joins them with it.
 MULTI_VALUE = "\\"
-_NUMBER = {"IS": re.compile(r"^\s*[+-]?\d+\s*$"),
-           "DS": re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")}
+_INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
+_DECIMAL = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+# Number VRs, as text (IS, DS) and binary (written as numbers by dicomfile.to_dataset).
+_NUMBER = {"IS": _INTEGER, "DS": _DECIMAL, "US": _INTEGER, "SS": _INTEGER, "UL": _INTEGER,
+           "SL": _INTEGER, "FL": _DECIMAL, "FD": _DECIMAL}
 
 
 class MappingFieldError(Exception):
@@ -143,10 +146,31 @@ class Rule:
         for path in self.sources:
             values = [r for r in scope.read(path) if r.strip() != ""]
             if values:
-                every = (path.repetition_sel is not None and path.repetition_sel.every) or \
-                    (path.segment_sel is not None and path.segment_sel.every)
-                return (values if every else values[:1]), path.text
+                return (values if self._every(path) else values[:1]), path.text
         return [], self.sources[0].text if self.sources else "value"
+
+    def _from_sources(self, scope: Scope, steps: list[str]) -> tuple[list[str], str]:
+        """The values of the first source that gives a non-empty value after the transform,
+        replace and map: a date field holding "S" does not hide the next source's date."""
+        name = self.transform or "text"
+        steps.append(name)
+        transform = TRANSFORMS[name]
+        for path in self.sources:
+            raws = [r for r in scope.read(path) if r.strip() != ""]
+            if not raws:
+                continue
+            if not self._every(path):
+                raws = raws[:1]
+            values = [self._post(str(transform(raw, scope.seps)).strip(), steps) for raw in raws]
+            values = [v for v in values if v]
+            if values:
+                return values, path.text
+        return [""], self.sources[0].text if self.sources else "value"
+
+    @staticmethod
+    def _every(path: Path) -> bool:
+        return (path.repetition_sel is not None and path.repetition_sel.every) or \
+            (path.segment_sel is not None and path.segment_sel.every)
 
     def evaluate(self, scope: Scope, trace: Trace | None, prefix: str = "") -> object:
         if self.when and not self.applies(scope):
@@ -165,17 +189,11 @@ class Rule:
             values = ["".join(p if isinstance(p, str) else scope.first(p)
                               for p in self.template).strip()]
         else:
-            raws, source = self.raw_values(scope)
-            name = self.transform or "text"
-            steps.append(name)
-            values = [str(TRANSFORMS[name](raw, scope.seps)) for raw in raws] or [""]
-        out = []
-        for value in values:
-            value = self._post(value.strip(), steps)
-            if value or len(values) == 1:
-                out.append(value)
+            values, source = self._from_sources(scope, steps)
+        if self.value is not None or self.template is not None:
+            values = [self._post(v.strip(), steps) for v in values]
         # Several values: DICOM values of a multi-valued attribute, or lines of a text.
-        result = ("\r\n" if self.vr in MULTILINE_VRS else MULTI_VALUE).join(out)
+        result = ("\r\n" if self.vr in MULTILINE_VRS else MULTI_VALUE).join(values)
         if not result and self.uid_from:
             root = self.uid_root or scope.uid_root
             for path in self.uid_from:
@@ -232,7 +250,15 @@ class Rule:
             warnings.append(f"{value!r} is not a valid {self.vr} number: left empty")
             return ""
         limit = MAX_LENGTH.get(self.vr)
-        if limit is None or self.vr == "PN":
+        if self.vr == "PN":
+            # PN: 64 characters per component group (alphabetic=ideographic=phonetic).
+            groups = value.split("=")
+            for i, group in enumerate(groups):
+                if len(group) > 64:
+                    warnings.append(f"truncated from {len(group)} to 64 characters (PN)")
+                    groups[i] = group[:64].rstrip("^ ")
+            return "=".join(groups)
+        if limit is None:
             return value
         parts = value.split(MULTI_VALUE) if self.vr not in MULTILINE_VRS else [value]
         for i, part in enumerate(parts):
@@ -277,7 +303,22 @@ class SequenceRule:
         transform = TRANSFORMS[rule.transform or "code"]
         codes = [c for c in (transform(raw, scope.seps) for raw in raws) if c]
         warnings = []
-        if raws and len(codes) < len(raws):
+        fitting = []
+        for code in codes:
+            if len(code["CodeValue"]) > 16 or len(code["CodingSchemeDesignator"]) > 16:
+                # Cutting an identifier would make another code: leave it out, say so.
+                warnings.append(f"{source}: code {code['CodeValue']!r} "
+                                f"({code['CodingSchemeDesignator']}) does not fit SH (16 "
+                                "characters): left out")
+                continue
+            if len(code["CodeMeaning"]) > 64:
+                warnings.append(f"{source}: CodeMeaning truncated from "
+                                f"{len(code['CodeMeaning'])} to 64 characters (LO)")
+                code["CodeMeaning"] = code["CodeMeaning"][:64].rstrip()
+            fitting.append(code)
+        dropped = len(codes) - len(fitting)
+        codes = fitting
+        if raws and len(codes) + dropped < len(raws):
             warnings.append(f"{source}: an incomplete code (value, meaning and scheme are all "
                             "needed) was left out")
         if rule.required and not codes:
