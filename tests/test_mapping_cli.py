@@ -112,3 +112,16 @@ def test_check_mapping_ok_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     code, out, err = run(capsys, "check-mapping", str(bad))
     assert code == 1
     assert f"{bad}:5:28: PatientID: unknown key 'requried'" in err
+
+
+def test_the_first_mapping_of_the_docs_works(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    docs = (ROOT / "docs" / "mapping.md").read_text()
+    example = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
+    mapping = write(tmp_path, example.replace("sending_application: MYRIS",
+                                              "sending_application: MESA_OF"), "my-ris.yaml")
+    code, out, err = run(capsys, "translate", str(MESA), "--mapping", str(mapping))
+    assert code == 0, err
+    (item,) = json.loads(out)
+    assert item["00080050"]["Value"] == ["MOF5026"]  # OBR-18
+    assert item["00400100"]["Value"][0]["00400009"]["Value"] == ["SPS2032"]  # OBR-20
