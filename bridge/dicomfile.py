@@ -23,6 +23,18 @@ IMPLEMENTATION_VERSION = "HL7WLBRIDGE_01"
 _BINARY_NUMBERS = {"US": int, "SS": int, "UL": int, "SL": int, "FL": float, "FD": float}
 
 
+def _numbers(text: str, kind: type) -> list:
+    """The numbers of a backslash-separated value; anything else is dropped (the mapping
+    has already warned about it)."""
+    out = []
+    for part in text.split("\\"):
+        try:
+            out.append(kind(part))
+        except ValueError:
+            continue
+    return out
+
+
 def to_dataset(item: dict) -> Dataset:
     """Keyword dict (the mapping's output) to a pydicom Dataset."""
     ds = Dataset()
@@ -40,8 +52,7 @@ def to_dataset(item: dict) -> Dataset:
             ds.add_new(tag, "SQ", Sequence([to_dataset(v) for v in value]))
         elif vr in _BINARY_NUMBERS:
             # Items hold text (as Orthanc's Tags do); binary VRs are written as numbers.
-            kind = _BINARY_NUMBERS[vr]
-            numbers = [kind(v) for v in str(value).split("\\") if v.strip()]
+            numbers = _numbers(str(value), _BINARY_NUMBERS[vr])
             ds.add_new(tag, vr, numbers if len(numbers) > 1 else
                        (numbers[0] if numbers else None))
         elif "\\" in str(value) and vr not in ("LT", "ST", "UT"):

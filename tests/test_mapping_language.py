@@ -546,3 +546,31 @@ def test_binary_number_attribute_is_written_as_a_number(tmp_path: Path) -> None:
     got = item(p, message("dcm4che__OMG_O19-GeneralClinicalOrder-Eyecare_2022.hl7"))
     ds = pydicom.dcmread(io.BytesIO(part10_bytes(got, "seed")))
     assert ds.PregnancyStatus == 3
+
+
+# --- property: every HL7 timestamp gives a valid DICOM date, time and offset --------------
+
+from datetime import datetime  # noqa: E402
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from bridge.mapping.dicomdict import check_value  # noqa: E402
+from bridge.mapping.transforms import to_date, to_time, to_timezone  # noqa: E402
+from bridge.message import Separators  # noqa: E402
+
+
+@given(moment=st.datetimes(min_value=datetime(1900, 1, 1)), digits=st.sampled_from([8, 10, 12, 14]),
+       fraction=st.sampled_from(["", ".1", ".1234"]),
+       zone=st.sampled_from(["", "+0215", "-0500", "+0000"]))
+def test_any_hl7_timestamp_splits_into_valid_dicom_values(moment, digits: int, fraction: str,
+                                                          zone: str) -> None:
+    stamp = moment.strftime("%Y%m%d%H%M%S")[:digits]
+    fraction = fraction if digits == 14 else ""
+    raw = f"{stamp}{fraction}{zone}^S"  # a TS with its precision component
+    seps = Separators()
+    assert to_date(raw, seps) == stamp[:8]
+    assert check_value("DA", to_date(raw, seps)) is None
+    assert to_time(raw, seps) == stamp[8:] + fraction
+    assert check_value("TM", to_time(raw, seps)) is None
+    assert to_timezone(raw, seps) == zone

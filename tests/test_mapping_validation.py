@@ -222,11 +222,20 @@ def test_errors_in_the_base_profile_carry_the_base_file(tmp_path: Path) -> None:
 def test_two_files_with_the_same_profile_name(tmp_path: Path) -> None:
     a = write(tmp_path, HEAD.replace("profile: bad", "profile: same") + "  PatientID: PID-3\n",
               "a.yaml")
-    b = write(tmp_path, HEAD.replace("profile: bad", "profile: same") + "  PatientID: PID-2\n",
-              "b.yaml")
+    b = write(tmp_path, HEAD.replace("profile: bad", "profile: same")
+              .replace("ORM^O01}", "ORM^O01, version: 2.5}") + "  PatientID: PID-2\n", "b.yaml")
     with pytest.raises(MappingError) as err:
         load_files([a, b])
     assert err.value.problems == [f"{b}:1:1: profile name 'same' is also used by {a}"]
+
+
+def test_two_profiles_with_the_same_match(tmp_path: Path) -> None:
+    a = write(tmp_path, HEAD.replace("profile: bad", "profile: one"), "a.yaml")
+    b = write(tmp_path, HEAD.replace("profile: bad", "profile: two"), "b.yaml")
+    with pytest.raises(MappingError) as err:
+        load_files([a, b])
+    assert err.value.problems == [f"{b}:1:1: profile 'two' matches exactly the same messages "
+                                  f"as 'one' ({a}): make one more specific"]
 
 
 def test_shipped_mappings_are_valid() -> None:

@@ -120,8 +120,19 @@ def datasets(run: DryRun) -> list[Dataset]:
 
 def as_json(run: DryRun) -> str:
     """The items as a PS3.18 F.2 JSON array, one object per worklist item."""
-    return json.dumps([ds.to_json_dict() for ds in datasets(run)], indent=2,
+    return json.dumps([_sorted(ds.to_json_dict()) for ds in datasets(run)], indent=2,
                       ensure_ascii=False)
+
+
+def _sorted(node: dict) -> dict:
+    """Tags in ascending order, as in a DICOM file, also inside sequence items."""
+    out = {}
+    for tag in sorted(node):
+        element = node[tag]
+        if element.get("vr") == "SQ" and "Value" in element:
+            element = {**element, "Value": [_sorted(i) for i in element["Value"]]}
+        out[tag] = element
+    return out
 
 
 def _dump_dataset(ds: Dataset, indent: int, out: list[str]) -> None:

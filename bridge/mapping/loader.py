@@ -679,11 +679,20 @@ def load_files(files: list[FsPath]) -> list[Profile]:
     if problems:
         raise MappingError(problems)
     names: dict[str, str] = {}
+    matches: dict[tuple, Profile] = {}
     for p in profiles:
         if p.name in names and names[p.name] != p.file:
             problems.append(f"{p.file}:1:1: profile name {p.name!r} is also used by "
                             f"{names[p.name]}")
         names[p.name] = p.file
+        # Two profiles with the same match would tie for every message they take.
+        criteria = tuple(tuple(sorted(getattr(p.match, f))) for f in _MATCH_KEYS.values())
+        other = matches.get(criteria)
+        if other is not None and other.file != p.file:
+            problems.append(f"{p.file}:1:1: profile {p.name!r} matches exactly the same "
+                            f"messages as {other.name!r} ({other.file}): make one more "
+                            "specific")
+        matches.setdefault(criteria, p)
     if problems:
         raise MappingError(problems)
     return profiles
