@@ -66,3 +66,17 @@ def test_snapshot_sees_mappings_and_lookup_tables_only(tmp_path: Path) -> None:
     for name in ("a.yaml", "b.yml", "c.csv", "notes.txt"):
         (tmp_path / name).write_text("x")
     assert sorted(snapshot(tmp_path)) == ["a.yaml", "b.yml", "c.csv"]
+
+
+def test_the_bridge_refuses_to_start_with_an_invalid_mapping(tmp_path: Path) -> None:
+    from bridge.mapping.loader import MappingError
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(SHIPPED, mappings)
+    bad = mappings / "broken.yaml"
+    bad.write_text("profile: broken\nextends: ihe-orm-o01\nattributes:\n  PatientsName: PID-5\n")
+    config = load_config(None, environ={"BRIDGE_DATA_DIR": str(tmp_path / "data"),
+                                        "BRIDGE_MAPPINGS__DIR": str(mappings)})
+    with pytest.raises(MappingError) as err:
+        Bridge(config)
+    assert err.value.problems == [f"{bad}:4:3: 'PatientsName' is not a DICOM keyword"]

@@ -1,6 +1,6 @@
 """Every order message of the corpus, translated with the shipped profile that fits it, either
-becomes items that real DCMTK wlmscpfs serves (its file-reject rules on, the default), or
-fails with an error naming the HL7 field and the mapping rule.
+becomes items that real DCMTK wlmscpfs (its file-reject rules on, the default) and Orthanc's
+worklists plugin serve, or fails with an error naming the HL7 field and the mapping rule.
 
 What each message must give was read from the HL7 by hand; see tests/fixtures/hl7/README.md.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from peers import FIXTURES, ROOT, findscu_worklist, run_wlmscpfs
+from peers import FIXTURES, ROOT, findscu_worklist, run_orthanc, run_wlmscpfs
 
 from bridge.dicomfile import file_name, part10_bytes
 from bridge.mapping.dryrun import MessageError, translate, worklist_gaps
@@ -67,6 +67,19 @@ FAILS = {
 }
 
 
+KEYS = ["PatientID", "AccessionNumber", "PatientName", "StudyInstanceUID",
+        "ScheduledProcedureStepSequence[0].Modality",
+        "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
+        "ScheduledProcedureStepSequence[0].ScheduledStationAETitle"]
+
+
+def _served(answers) -> list[tuple[str, str, str, str]]:
+    return sorted((str(ds.PatientID), str(ds.get("AccessionNumber", "")),
+                   str(ds.ScheduledProcedureStepSequence[0].Modality),
+                   str(ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID))
+                  for ds in answers)
+
+
 def test_every_order_message_is_served_or_named(tmp_path: Path) -> None:
     orders = sorted(p.name for p in FIXTURES.glob("*.hl7") if "ADT" not in p.name)
     assert set(orders) == set(SERVED) | CANCELS | set(FAILS)  # nothing left unexamined
@@ -103,17 +116,13 @@ def test_every_order_message_is_served_or_named(tmp_path: Path) -> None:
         expected.extend(wanted)
 
     with run_wlmscpfs(tmp_path / "wlm") as port:
-        answers = findscu_worklist(port, "WORKLIST", [
-            "PatientID", "AccessionNumber", "PatientName", "StudyInstanceUID",
-            "ScheduledProcedureStepSequence[0].Modality",
-            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
-            "ScheduledProcedureStepSequence[0].ScheduledStationAETitle"], tmp_path / "answers")
-    served = sorted((str(ds.PatientID), str(ds.get("AccessionNumber", "")),
-                     str(ds.ScheduledProcedureStepSequence[0].Modality),
-                     str(ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID))
-                    for ds in answers)
+        answers = findscu_worklist(port, "WORKLIST", KEYS, tmp_path / "answers")
     # wlmscpfs silently drops a file that breaks its rules: every item must come back.
-    assert served == sorted(expected)
+    assert _served(answers) == sorted(expected)
+    # Orthanc's worklists plugin serves the same files.
+    with run_orthanc(tmp_path / "orthanc", folder) as port:
+        assert _served(findscu_worklist(port, "ORTHANC", KEYS, tmp_path / "orthanc-answers")) \
+            == sorted(expected)
     # IPC-9 'SSAET\SSAET2' (a raw backslash) reaches the modality as two AE titles
     vet = next(ds for ds in answers if ds.ScheduledProcedureStepSequence[0].Modality == "CR"
                and str(ds.PatientID) == "4711471151")
