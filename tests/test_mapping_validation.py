@@ -244,3 +244,14 @@ def test_shipped_mappings_are_valid() -> None:
         "ihe-orm-o01", "ihe-omi-o23", "ihe-omg-o19", "vendor-dmc-radis",
         "vendor-whi-load-generator", "vendor-ans-teleradiologie",
         "vendor-ans-teleradiologie-omi"}
+
+
+def test_omit_of_an_attribute_the_base_does_not_have(tmp_path: Path) -> None:
+    write(tmp_path, HEAD.replace("profile: bad", "profile: base") + "  PatientID: PID-3\n",
+          "base.yaml")
+    child = write(tmp_path, "profile: child\nextends: base\nmatch: {version: '2.2'}\n"
+                            "attributes:\n  PatientSex: {omit: true}\n", "child.yaml")
+    with pytest.raises(MappingError) as err:
+        load_profile(child)
+    assert err.value.problems == [
+        f"{child}:5:3: PatientSex: the base profile has no such attribute here"]

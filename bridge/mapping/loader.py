@@ -439,7 +439,7 @@ class _Reader:
 # --- extends ------------------------------------------------------------------------------
 
 
-def _merge_rules(base: list, child: list) -> list:
+def _merge_rules(base: list, child: list, reader: _Reader) -> list:
     """The base's rules with the child's replacing them by keyword, in the base's order.
 
     A sequence given as a list of items in both merges item by item, so a vendor profile
@@ -456,21 +456,24 @@ def _merge_rules(base: list, child: list) -> list:
         elif (isinstance(rule, SequenceRule) and isinstance(mine, SequenceRule)
               and rule.items and mine.items and len(rule.items) == len(mine.items)):
             out.append(SequenceRule(mine.keyword, mine.where, [
-                _merge_rules(b, c) for b, c in zip(rule.items, mine.items, strict=True)]))
+                _merge_rules(b, c, reader)
+                for b, c in zip(rule.items, mine.items, strict=True)]))
         else:
-            out.append(mine)
-    out.extend(r for r in by_keyword.values() if not isinstance(r, _Omit))
+            out.append(_drop_omits([mine], reader)[0])
+    out.extend(_drop_omits(list(by_keyword.values()), reader))
     return out
 
 
-def _drop_omits(rules: list, reader: _Reader) -> list:
+def _drop_omits(rules: list, reader: _Reader, extends: bool = True) -> list:
+    """Rules without `omit` markers; a marker with nothing to omit is an error."""
     out = []
     for rule in rules:
         if isinstance(rule, _Omit):
-            reader.problems.append(f"{rule.where}: {rule.keyword}: omit only applies in a "
-                                   "profile that extends another")
+            why = "the base profile has no such attribute here" if extends else \
+                "omit only applies in a profile that extends another"
+            reader.problems.append(f"{rule.where}: {rule.keyword}: {why}")
         elif isinstance(rule, SequenceRule):
-            rule.items = [_drop_omits(item, reader) for item in rule.items]
+            rule.items = [_drop_omits(item, reader, extends) for item in rule.items]
             out.append(rule)
         else:
             out.append(rule)
@@ -634,8 +637,11 @@ def _load(file: FsPath, library: _Library) -> Profile:
     if "attributes" not in doc and not inherits:
         r.problem(doc, None, "'attributes' is missing")
     attributes = r.attributes(doc.get("attributes") or CommentedMap())
-    attributes = _merge_rules(base.attributes, attributes) if base \
-        else _drop_omits(attributes, r)
+    if base is not None:
+        attributes = _merge_rules(base.attributes, attributes, r)
+    elif "extends" not in doc:
+        attributes = _drop_omits(attributes, r, extends=False)
+    # else: the base failed to load; that is reported and this profile is not built.
 
     charset = doc.get("charset", base.charset if base else None)
     if charset:
