@@ -39,4 +39,7 @@ async def watch(folder: Path, interval: float, on_change: Callable[[], object]) 
         if current != last:
             last = current
             log.info("mapping files changed in %s", folder)
-            on_change()
+            try:
+                on_change()
+            except Exception:  # a bug in loading must not stop the watching
+                log.exception("reloading the mappings of %s failed", folder)
