@@ -70,14 +70,14 @@ async def test_reload_on_file_change_keeps_the_connection(tmp_path: Path) -> Non
 
             csv = tmp_path / "mappings" / "dmc-procedures.csv"
             csv.write_text(csv.read_text().replace("38067,CT", "38067,MR"))
-            wait_for(lambda: "mappings reloaded" in log(tmp_path))
+            wait_for(lambda: "mappings reloaded" in log(tmp_path), timeout=30)
             assert b"MSA|AA|" in await client.send(resend(1))
-            wait_for(lambda: modality(tmp_path) == "MR")
+            wait_for(lambda: modality(tmp_path) == "MR", timeout=30)
 
             broken = tmp_path / "mappings" / "broken.yaml"
             broken.write_text("profile: broken\nextends: ihe-orm-o01\nattributes:\n"
                               "  PatientsName: PID-5\n")
-            wait_for(lambda: "mappings not reloaded" in log(tmp_path))
+            wait_for(lambda: "mappings not reloaded" in log(tmp_path), timeout=30)
             assert f"{broken}:4:3: 'PatientsName' is not a DICOM keyword" in log(tmp_path)
             csv.write_text(csv.read_text().replace("38067,MR", "38067,CT"))
             # Still the previous good set (MR), on the same connection
@@ -89,10 +89,10 @@ async def test_reload_on_sighup(tmp_path: Path) -> None:
     with bridge(tmp_path, 0) as (proc, port):
         async with MllpClient("127.0.0.1", port) as client:
             assert b"MSA|AA|" in await client.send(resend(0))
-            wait_for(lambda: modality(tmp_path) == "CT")
+            wait_for(lambda: modality(tmp_path) == "CT", timeout=30)
             csv = tmp_path / "mappings" / "dmc-procedures.csv"
             csv.write_text(csv.read_text().replace("38067,CT", "38067,MR"))
             proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: "mappings reloaded" in log(tmp_path))
+            wait_for(lambda: "mappings reloaded" in log(tmp_path), timeout=30)
             assert b"MSA|AA|" in await client.send(resend(1))
-            wait_for(lambda: modality(tmp_path) == "MR")
+            wait_for(lambda: modality(tmp_path) == "MR", timeout=30)
