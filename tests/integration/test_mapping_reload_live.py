@@ -66,7 +66,7 @@ async def test_reload_on_file_change_keeps_the_connection(tmp_path: Path) -> Non
     with bridge(tmp_path, 0.1) as (_, port):
         async with MllpClient("127.0.0.1", port) as client:
             assert b"MSA|AA|" in await client.send(resend(0))
-            wait_for(lambda: modality(tmp_path) == "CT")  # 38067 -> CT in dmc-procedures.csv
+            wait_for(lambda: modality(tmp_path) == "CT", timeout=30)  # 38067 -> CT (the CSV)
 
             csv = tmp_path / "mappings" / "dmc-procedures.csv"
             csv.write_text(csv.read_text().replace("38067,CT", "38067,MR"))
