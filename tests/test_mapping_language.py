@@ -574,3 +574,18 @@ def test_any_hl7_timestamp_splits_into_valid_dicom_values(moment, digits: int, f
     assert to_time(raw, seps) == stamp[8:] + fraction
     assert check_value("TM", to_time(raw, seps)) is None
     assert to_timezone(raw, seps) == zone
+
+
+def test_referenced_study_sequence_shares_the_derived_study_uid(tmp_path: Path) -> None:
+    # DMC change: no ZDS; filler number 0000000517 seeds both UIDs
+    p = profile(tmp_path, """
+        StudyInstanceUID: {from: ZDS-1.1, uid_from: OBR-3.1}
+        ReferencedStudySequence:
+          - ReferencedSOPClassUID: {value: 1.2.840.10008.3.1.2.3.1}
+            ReferencedSOPInstanceUID: {from: ZDS-1.1, uid_from: OBR-3.1}
+    """)
+    got = item(p, message("hapi-npac-dmc__ORM_O01_v22_XR-change.hl7"))
+    assert got["ReferencedStudySequence"] == [{
+        "ReferencedSOPClassUID": "1.2.840.10008.3.1.2.3.1",
+        "ReferencedSOPInstanceUID": got["StudyInstanceUID"]}]
+    assert got["StudyInstanceUID"].startswith("2.25.")
