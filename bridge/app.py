@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from bridge.config import Config
 from bridge.housekeeping import Housekeeper
 from bridge.listener import MllpServer
-from bridge.mapping.loader import load_profiles
+from bridge.mapping.loader import MappingError, load_profiles
+from bridge.mapping.watch import watch
 from bridge.outbox import OutboxWorker
 from bridge.processor import Processor
 from bridge.sinks import Sink
@@ -44,6 +45,22 @@ class Bridge:
         self.mllp = MllpServer(self.processor, max_message_bytes=config.mllp.max_message_bytes)
         self.mllp_port: int | None = None
         self.housekeeper = Housekeeper(config, self.store, self._outside_change)
+        self._watcher: asyncio.Task | None = None
+
+    def reload_mappings(self) -> bool:
+        """Load the mapping folder again and use it for the next message.
+
+        Connections stay open: the processor reads `profiles` per message. An invalid set
+        is refused whole, the previous good one stays in use, and the log says why.
+        """
+        try:
+            profiles = load_profiles(self.config.mappings.dir)
+        except MappingError as exc:
+            log.error("mappings not reloaded, still using the previous ones:\n%s", exc)
+            return False
+        self.profiles = self.processor.profiles = profiles
+        log.info("mappings reloaded: %s", ", ".join(p.name for p in profiles))
+        return True
 
     def _committed(self, writes: Sequence[ItemWrite]) -> None:
         for w in self.workers:
@@ -66,8 +83,14 @@ class Bridge:
                  self.mllp_port, ", ".join(p.name for p in self.profiles))
         for sink in self.sinks:
             log.info("sink %s ready", sink.name)
+        if self.config.mappings.watch_seconds > 0:
+            self._watcher = asyncio.create_task(watch(
+                self.config.mappings.dir, self.config.mappings.watch_seconds,
+                self.reload_mappings))
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self.mllp.close()
         await self.housekeeper.stop()
         for w in self.workers:
@@ -82,6 +105,7 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, bridge.reload_mappings)
     # A line that scripts and tests can wait for.
     print(f"hl7-worklist-bridge ready: MLLP {config.mllp.host}:{bridge.mllp_port}", flush=True)
     await stop.wait()

@@ -104,6 +104,59 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    help="configuration file (default: ./config.yaml)")
 
 
+def _mapping_profiles(args: argparse.Namespace) -> tuple[list, str, bool]:
+    """The profiles `translate` uses: --mapping files, else those of --config (or
+    ./config.yaml), else ./mappings; with the config's charset defaults."""
+    from bridge.mapping.loader import load_files, load_profiles
+
+    if args.mapping:
+        return load_files(args.mapping), "8859/1", True
+    config_path = args.config or (Path("config.yaml") if Path("config.yaml").exists() else None)
+    if config_path is None:
+        return load_profiles(Path("mappings")), "8859/1", True
+    config = load_config(config_path)
+    return (load_profiles(config.mappings.dir), config.mllp.default_charset,
+            config.mllp.detect_utf8)
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from bridge.mapping import dryrun
+
+    logging.basicConfig(level=logging.ERROR)
+    profiles, default_charset, detect_utf8 = _mapping_profiles(args)
+    try:
+        raw = args.message.read_bytes()
+    except OSError as exc:
+        print(f"translate: cannot read {args.message}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        run = dryrun.translate(raw, profiles, default_charset=default_charset,
+                               detect_utf8=detect_utf8)
+    except dryrun.MessageError as exc:
+        print(f"{args.message}: {exc}", file=sys.stderr)
+        return 2
+    # Items on stdout (pipe-able JSON); what happened and why on stderr.
+    print(dryrun.as_json(run) if args.format == "json" else dryrun.as_dump(run))
+    print(f"# {args.message}: profile {run.profile.name}", file=sys.stderr)
+    for note in run.notes:
+        print(f"# {note}", file=sys.stderr)
+    for warning in run.mapped.warnings:
+        print(f"# warning: {warning}", file=sys.stderr)
+    if args.trace:
+        print(dryrun.as_trace(run), file=sys.stderr)
+    return 2 if run.failed else 0
+
+
+def _check_mapping(args: argparse.Namespace) -> int:
+    from bridge.mapping.loader import load_files
+
+    profiles = load_files(args.files)  # MappingError: main() prints it, exit 1
+    for p in profiles:
+        base = f", extends {p.extends}" if p.extends else ""
+        print(f"{p.file}: profile {p.name} ok ({', '.join(p.match.message_types)}{base})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hl7-worklist-bridge",
@@ -137,6 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list items off the worklist too")
     _add_config(p)
     p.set_defaults(func=_worklist)
+    p = sub.add_parser("translate", help="dry run: map one HL7 message and print the items")
+    p.add_argument("message", type=Path, help="a file with one HL7 message")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--config", type=Path, help="use the mappings of this configuration")
+    source.add_argument("--mapping", type=Path, action="append",
+                        help="use this mapping file (repeatable)")
+    p.add_argument("--format", choices=("json", "dump"), default="json",
+                   help="DICOM JSON (PS3.18 F.2) or a dcmdump-like listing")
+    p.add_argument("--trace", action="store_true",
+                   help="show, per attribute, the HL7 path and transforms (on stderr)")
+    p.set_defaults(func=_translate)
+
+    p = sub.add_parser("check-mapping", help="validate mapping files, report file:line:col")
+    p.add_argument("files", type=Path, nargs="+")
+    p.set_defaults(func=_check_mapping)
     return parser
 
 
@@ -149,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except MappingError as exc:
         print(f"mapping error:\n{exc}", file=sys.stderr)
-        return 2
+        return 1 if args.command in ("translate", "check-mapping") else 2
     except FileNotFoundError as exc:
         print(str(exc), file=sys.stderr)
         return 2

@@ -43,6 +43,8 @@ class StoreConfig(_Section):
 
 class MappingsConfig(_Section):
     dir: Path = Path("mappings")
+    # Seconds between checks of the folder for changed mappings (0: reload on SIGHUP only).
+    watch_seconds: float = Field(2.0, ge=0)
 
 
 class ScpConfig(_Section):

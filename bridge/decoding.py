@@ -38,6 +38,11 @@ _CHARSETS = {
     "ISOIR87": Charset("ISO IR87", "iso2022_jp", "\\ISO 2022 IR 87"),
     "GB18030-2000": Charset("GB 18030-2000", "gb18030", "GB18030"),
     "KSX1001": Charset("KS X 1001", "euc-kr", "\\ISO 2022 IR 149"),
+    # Not an HL7 term: a per-sender override (mapping `charset:`) for feeds that send
+    # Windows-1252 bytes labelled 8859/1. Written as UTF-8: curly quotes and the euro sign
+    # have no place in ISO_IR 100.
+    "WINDOWS-1252": Charset("WINDOWS-1252", "cp1252", "ISO_IR 192"),
+    "CP1252": Charset("WINDOWS-1252", "cp1252", "ISO_IR 192"),
 }
 UTF8 = _CHARSETS["UTF-8"]
 

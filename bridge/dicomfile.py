@@ -20,6 +20,21 @@ IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1445.1"  # hl7-worklist-bridg
 IMPLEMENTATION_VERSION = "HL7WLBRIDGE_01"
 
 
+_BINARY_NUMBERS = {"US": int, "SS": int, "UL": int, "SL": int, "FL": float, "FD": float}
+
+
+def _numbers(text: str, kind: type) -> list:
+    """The numbers of a backslash-separated value; anything else is dropped (the mapping
+    has already warned about it)."""
+    out = []
+    for part in text.split("\\"):
+        try:
+            out.append(kind(part))
+        except ValueError:
+            continue
+    return out
+
+
 def to_dataset(item: dict) -> Dataset:
     """Keyword dict (the mapping's output) to a pydicom Dataset."""
     ds = Dataset()
@@ -35,6 +50,11 @@ def to_dataset(item: dict) -> Dataset:
         vr = dictionary_VR(tag)
         if isinstance(value, list):
             ds.add_new(tag, "SQ", Sequence([to_dataset(v) for v in value]))
+        elif vr in _BINARY_NUMBERS:
+            # Items hold text (as Orthanc's Tags do); binary VRs are written as numbers.
+            numbers = _numbers(str(value), _BINARY_NUMBERS[vr])
+            ds.add_new(tag, vr, numbers if len(numbers) > 1 else
+                       (numbers[0] if numbers else None))
         elif "\\" in str(value) and vr not in ("LT", "ST", "UT"):
             ds.add_new(tag, vr, str(value).split("\\"))
         else:

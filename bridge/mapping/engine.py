@@ -25,6 +25,7 @@ class MappedOrder:
     # Why the items could not be mapped. Only an order that creates or replaces items needs
     # them: a cancel or a status change names its order by key and is applied without.
     error: MappingFieldError | None = None
+    traces: list[Trace] = field(default_factory=list)  # one per item, when asked for
 
 
 @dataclass
@@ -79,7 +80,7 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
     facts = {"sender": f"{msg.header(3)}|{msg.header(4)}", **(facts or {})}
     result = MappedMessage(profile=profile.name, orders=[])
     for index, group in enumerate(groups, start=1):
-        group_scope = Scope([group, header, msg.segments], msg.seps, facts)
+        group_scope = Scope([group, header, msg.segments], msg.seps, facts, profile.uid_root)
         key = profile.order_key.evaluate(group_scope, None)
         control = profile.order_control.evaluate(group_scope, None)
         status = profile.order_status.evaluate(group_scope, None)
@@ -88,17 +89,20 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
         else:
             item_levels = [[]]
         items: list[Item] = []
+        traces: list[Trace] = []
         error = None
         for level in item_levels:
             t = Trace() if trace else None
-            scope = Scope([level, group, header, msg.segments], msg.seps, facts)
+            scope = Scope([level, group, header, msg.segments], msg.seps, facts,
+                          profile.uid_root)
             try:
                 items.append(evaluate_rules(profile.attributes, scope, t))
             except MappingFieldError as exc:
                 error, items = exc, []
                 break
             if t is not None:
-                result.traces.append(t)
+                traces.append(t)
+        result.traces.extend(traces)
         result.orders.append(
-            MappedOrder(str(key), str(control), str(status), items, index, error))
+            MappedOrder(str(key), str(control), str(status), items, index, error, traces))
     return result

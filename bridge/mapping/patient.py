@@ -29,6 +29,9 @@ class PatientProfile:
     prior_id: Rule  # MRG-1: the identifier a merge (A40) or change (A47) retires
     attributes: list[Rule | SequenceRule]
     charset: str | None = None
+    kind: str = "patient"
+    extends: str | None = None  # patient profiles do not extend others (yet)
+    description: str = ""
 
 
 @dataclass
@@ -59,7 +62,8 @@ def read_patient_profile(reader, doc: CommentedMap, name: str, match, file: str
     prior_id = reader.rule("patient.prior_id", "LO", spec, "prior_id", spec.get("prior_id"))
     groups = doc.get("groups") or CommentedMap()
     charset = doc.get("charset")
-    return PatientProfile(
+    description = str(doc.get("description") or "")
+    return PatientProfile(description=description,
         name=name, file=file, match=match, group_segment=str(groups.get("per", "PID")),
         patient_id=patient_id, prior_id=prior_id,
         attributes=reader.attributes(doc.get("attributes") or CommentedMap()),

@@ -1,14 +1,19 @@
 """Compiled mapping rules and their evaluation against one order group of a message.
 
 A rule produces the value of one DICOM attribute. The loader (`loader.py`) builds rules
-from YAML and checks them; this module only evaluates them.
+from YAML and checks them; this module only evaluates them. The steps of a rule, in order
+(docs/mapping.md describes them for integrators):
+
+    when -> source (from / value / template) -> as (transform) -> replace -> map / lookup
+         -> default -> uid_from / uid_generate -> fit to the VR (truncate with a warning)
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
-from bridge.mapping.transforms import TRANSFORMS, derived_uid
+from bridge.mapping.transforms import TRANSFORMS, derived_uid, new_uid
 from bridge.message import Path, Segment, Separators, read_raw, unescape
 
 # DICOM maximum value lengths, in characters, of the string VRs (PS3.5 table 6.2-1).
@@ -19,30 +24,51 @@ MAX_LENGTH = {
 }
 # VRs whose values may not contain CR/LF (anything but the text VRs).
 MULTILINE_VRS = {"LT", "ST", "UT"}
+# The DICOM value separator: a rule reading every repetition (`[*]`) joins them with it.
+MULTI_VALUE = "\\"
+_INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
+_DECIMAL = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+# Number VRs, as text (IS, DS) and binary (written as numbers by dicomfile.to_dataset).
+_NUMBER = {"IS": _INTEGER, "DS": _DECIMAL, "US": _INTEGER, "SS": _INTEGER, "UL": _INTEGER,
+           "SL": _INTEGER, "FL": _DECIMAL, "FD": _DECIMAL}
 
 
 class MappingFieldError(Exception):
     """A required value is missing or unusable; names the HL7 field and the attribute."""
 
-    def __init__(self, message: str, path: Path | None, keyword: str):
+    def __init__(self, message: str, path: Path | None, keyword: str, where: str = ""):
         super().__init__(message)
         self.path = path
         self.keyword = keyword
+        self.where = where  # file:line:col of the rule, for the integrator (not the ACK)
 
 
 @dataclass
 class Scope:
-    """Where a path looks for its segment: the item (IPC), its order group, the message."""
+    """Where a path looks for its segment: the item (IPC), its order group, the message.
+
+    The first level that holds a segment of the path's name answers: inside an order group,
+    `OBR-4` is that group's OBR and `PID-3` (not in the group) the message's PID.
+    """
 
     levels: list[list[Segment]]
     seps: Separators
     facts: dict[str, str] = field(default_factory=dict)  # values outside the message
+    uid_root: str = "2.25"  # the profile's root for derived UIDs
 
     def read(self, path: Path) -> list[str]:
         for segments in self.levels:
-            if any(s.name == path.segment for s in segments):
-                return read_raw(segments, path, self.seps)
+            for s in segments:
+                if s.name == path.segment:
+                    return read_raw(segments, path, self.seps)
         return []
+
+    def first(self, path: Path) -> str:
+        """The first non-empty value at `path`, unescaped and trimmed ("" when none)."""
+        for raw in self.read(path):
+            if raw.strip():
+                return unescape(raw, self.seps).strip()
+        return ""
 
 
 @dataclass
@@ -64,6 +90,30 @@ class Trace:
 
 
 @dataclass
+class Test:
+    """One clause of a `when`: the value at `path` equals one of `values`, matches
+    `pattern`, or (with `negate`) does not."""
+
+    path: Path
+    values: list[str] | None = None
+    pattern: re.Pattern[str] | None = None
+    negate: bool = False
+
+    def holds(self, scope: Scope) -> bool:
+        actual = scope.first(self.path)
+        if self.pattern is not None:
+            ok = self.pattern.search(actual) is not None
+        else:
+            ok = actual in (self.values or [""])
+        return ok != self.negate
+
+    def describe(self) -> str:
+        what = f"matches /{self.pattern.pattern}/" if self.pattern is not None else \
+            f"is {' or '.join(repr(v) for v in self.values or [''])}"
+        return f"{self.path.text} {'not ' if self.negate else ''}{what}"
+
+
+@dataclass
 class Rule:
     """The value of one attribute: sources, then transforms, then fitting to the VR."""
 
@@ -74,61 +124,114 @@ class Rule:
     value: str | None = None
     template: list[str | Path] | None = None
     transform: str | None = None
+    replace: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
     value_map: dict[str, str] | None = None
     map_default: str | None = None
+    map_label: str = "map"  # how the trace names the table ("lookup FILE.csv" for a CSV)
     default: str | None = None
     required: bool = False
     uid_from: list[Path] | None = None
+    uid_root: str | None = None  # overrides the profile's root
+    uid_generate: bool = False
+    when: list[Test] = field(default_factory=list)
 
-    def _first_raw(self, scope: Scope) -> tuple[str, str]:
+    def applies(self, scope: Scope) -> bool:
+        return all(t.holds(scope) for t in self.when)
+
+    def raw_values(self, scope: Scope) -> tuple[list[str], str]:
+        """The first source with a non-empty value: its raw value(s) and its path.
+
+        A path with a ``*`` selector gives every non-empty occurrence; others give one.
+        """
         for path in self.sources:
-            for raw in scope.read(path):
-                if raw.strip() != "":
-                    return raw, path.text
-        return "", self.sources[0].text if self.sources else "value"
+            values = [r for r in scope.read(path) if r.strip() != ""]
+            if values:
+                return (values if self._every(path) else values[:1]), path.text
+        return [], self.sources[0].text if self.sources else "value"
+
+    def _from_sources(self, scope: Scope, steps: list[str]) -> tuple[list[str], str]:
+        """The values of the first source that gives a non-empty value after the transform,
+        replace and map: a date field holding "S" does not hide the next source's date."""
+        name = self.transform or "text"
+        steps.append(name)
+        transform = TRANSFORMS[name]
+        for path in self.sources:
+            raws = [r for r in scope.read(path) if r.strip() != ""]
+            if not raws:
+                continue
+            if not self._every(path):
+                raws = raws[:1]
+            values = [self._post(str(transform(raw, scope.seps)).strip(), steps) for raw in raws]
+            values = [v for v in values if v]
+            if values:
+                return values, path.text
+        return [""], self.sources[0].text if self.sources else "value"
+
+    @staticmethod
+    def _every(path: Path) -> bool:
+        return (path.repetition_sel is not None and path.repetition_sel.every) or \
+            (path.segment_sel is not None and path.segment_sel.every)
 
     def evaluate(self, scope: Scope, trace: Trace | None, prefix: str = "") -> object:
+        if self.when and not self.applies(scope):
+            if trace is not None:
+                trace.entries.append(TraceEntry(
+                    prefix + self.keyword, None, "when",
+                    [f"skipped: not ({'; '.join(t.describe() for t in self.when)})"], []))
+            return None
         warnings: list[str] = []
         steps: list[str] = []
         source = "value"
-        result: object
         if self.value is not None:
-            result = self.value
+            values = [self.value]
         elif self.template is not None:
             source = "template"
-            result = "".join(
-                p if isinstance(p, str) else unescape(next(iter(scope.read(p)), ""), scope.seps)
-                for p in self.template).strip()
+            values = ["".join(p if isinstance(p, str) else scope.first(p)
+                              for p in self.template).strip()]
         else:
-            raw, source = self._first_raw(scope)
-            name = self.transform or "text"
-            steps.append(name)
-            result = TRANSFORMS[name](raw, scope.seps)
-        if isinstance(result, str):
-            result = result.strip()
-            if self.value_map is not None:
-                steps.append("map")
-                mapped = self.value_map.get(result)
-                if mapped is None and self.map_default is not None:
-                    mapped = self.map_default
-                result = result if mapped is None else mapped
-            if not result and self.uid_from:
-                for path in self.uid_from:
-                    seed = next((r for r in scope.read(path) if r.strip()), "")
-                    if seed:
-                        result = derived_uid(f"{scope.facts.get('sender', '')}|{path.text}|{seed}")
-                        source = f"uid from {path.text}"
-                        break
-            if not result and self.default is not None:
-                result, source = self.default, "default"
-            result = self._fit(result, warnings)
+            values, source = self._from_sources(scope, steps)
+        if self.value is not None or self.template is not None:
+            values = [self._post(v.strip(), steps) for v in values]
+        # Several values: DICOM values of a multi-valued attribute, or lines of a text.
+        result = ("\r\n" if self.vr in MULTILINE_VRS else MULTI_VALUE).join(values)
+        if not result and self.uid_from:
+            root = self.uid_root or scope.uid_root
+            for path in self.uid_from:
+                seed = scope.first(path)
+                if seed:
+                    # The sender is part of the seed: two RIS may use the same accession.
+                    result = derived_uid(f"{scope.facts.get('sender', '')}|{path.text}|{seed}",
+                                         root)
+                    source = f"uid from {path.text}"
+                    break
+        if not result and self.uid_generate:
+            result, source = new_uid(self.uid_root or scope.uid_root), "uid generated"
+        if not result and self.default is not None:
+            result, source = self.default, "default"
+        result = self._fit(result, warnings)
         if self.required and not result:
             raise MappingFieldError(
                 f"{self.keyword} is required but {self._sources_text()}",
-                self.sources[0] if self.sources else None, self.keyword)
+                self.sources[0] if self.sources else None, self.keyword, self.where)
         if trace is not None:
-            trace.entries.append(TraceEntry(prefix + self.keyword, result, source, steps, warnings))
+            trace.entries.append(TraceEntry(prefix + self.keyword, result, source, steps,
+                                            warnings))
         return result
+
+    def _post(self, value: str, steps: list[str]) -> str:
+        """replace, then map: per value, so that each of several repetitions is mapped."""
+        for pattern, replacement in self.replace:
+            value = pattern.sub(replacement, value)
+            if "replace" not in steps:
+                steps.append("replace")
+        if self.value_map is not None:
+            if self.map_label not in steps:
+                steps.append(self.map_label)
+            mapped = self.value_map.get(value)
+            if mapped is None and self.map_default is not None:
+                mapped = self.map_default
+            value = value if mapped is None else mapped
+        return value
 
     def _sources_text(self) -> str:
         names = [p.text for p in self.sources]
@@ -141,39 +244,91 @@ class Rule:
     def _fit(self, value: str, warnings: list[str]) -> str:
         if self.vr not in MULTILINE_VRS and ("\r" in value or "\n" in value):
             value = " ".join(value.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+        if self.vr in _NUMBER and value and not all(_NUMBER[self.vr].match(v)
+                                                    for v in value.split(MULTI_VALUE)):
+            # A number with its unit glued on ("15kg") would make an invalid file.
+            warnings.append(f"{value!r} is not a valid {self.vr} number: left empty")
+            return ""
         limit = MAX_LENGTH.get(self.vr)
-        if limit is not None and self.vr != "PN" and len(value) > limit:
-            warnings.append(f"truncated from {len(value)} to {limit} characters ({self.vr})")
-            value = value[:limit]
-        return value
+        if self.vr == "PN":
+            # PN: 64 characters per component group (alphabetic=ideographic=phonetic).
+            groups = value.split("=")
+            for i, group in enumerate(groups):
+                if len(group) > 64:
+                    warnings.append(f"truncated from {len(group)} to 64 characters (PN)")
+                    groups[i] = group[:64].rstrip("^ ")
+            return "=".join(groups)
+        if limit is None:
+            return value
+        parts = value.split(MULTI_VALUE) if self.vr not in MULTILINE_VRS else [value]
+        for i, part in enumerate(parts):
+            if len(part) > limit:
+                warnings.append(f"truncated from {len(part)} to {limit} characters ({self.vr})")
+                parts[i] = part[:limit].rstrip()
+        return MULTI_VALUE.join(parts)
 
 
 @dataclass
 class SequenceRule:
-    """A sequence attribute: fixed items with their own rules, or a code from a CE field."""
+    """A sequence attribute: fixed items with their own rules, or codes from a CE field.
+
+    An item whose values are all empty is left out, and so is a sequence with no items:
+    wlmscpfs rejects the whole file when a code sequence is present with no complete item.
+    """
 
     keyword: str
     where: str
     items: list[list[Rule | SequenceRule]] = field(default_factory=list)
     code_rule: Rule | None = None  # `as: code` on the sequence itself
+    when: list[Test] = field(default_factory=list)
 
     def evaluate(self, scope: Scope, trace: Trace | None, prefix: str = "") -> object:
+        if self.when and not all(t.holds(scope) for t in self.when):
+            return None
         if self.code_rule is not None:
-            raw, source = self.code_rule._first_raw(scope)
-            code = TRANSFORMS[self.code_rule.transform or "code"](raw, scope.seps)
-            # No code: leave the sequence out. wlmscpfs rejects the whole file when a code
-            # sequence is present with no complete item.
-            value = [code] if code else None
-            if self.code_rule.required and not value:
-                raise MappingFieldError(
-                    f"{self.keyword} is required but {self.code_rule._sources_text()}",
-                    self.code_rule.sources[0] if self.code_rule.sources else None, self.keyword)
-            if trace is not None:
-                trace.entries.append(TraceEntry(prefix + self.keyword, value, source,
-                                                [self.code_rule.transform or "code"], []))
-            return value
-        return [evaluate_rules(rules, scope, trace, f"{prefix}{self.keyword}[{i}].")
-                for i, rules in enumerate(self.items)]
+            return self._codes(scope, trace, prefix)
+        items = []
+        for i, rules in enumerate(self.items):
+            item = evaluate_rules(rules, scope, trace, f"{prefix}{self.keyword}[{i}].")
+            if any(v not in ("", None) for v in item.values()):
+                items.append(item)
+        return items or None
+
+    def _codes(self, scope: Scope, trace: Trace | None, prefix: str) -> object:
+        rule = self.code_rule
+        assert rule is not None
+        if rule.when and not rule.applies(scope):
+            return None
+        raws, source = rule.raw_values(scope)
+        transform = TRANSFORMS[rule.transform or "code"]
+        codes = [c for c in (transform(raw, scope.seps) for raw in raws) if c]
+        warnings = []
+        fitting = []
+        for code in codes:
+            if len(code["CodeValue"]) > 16 or len(code["CodingSchemeDesignator"]) > 16:
+                # Cutting an identifier would make another code: leave it out, say so.
+                warnings.append(f"{source}: code {code['CodeValue']!r} "
+                                f"({code['CodingSchemeDesignator']}) does not fit SH (16 "
+                                "characters): left out")
+                continue
+            if len(code["CodeMeaning"]) > 64:
+                warnings.append(f"{source}: CodeMeaning truncated from "
+                                f"{len(code['CodeMeaning'])} to 64 characters (LO)")
+                code["CodeMeaning"] = code["CodeMeaning"][:64].rstrip()
+            fitting.append(code)
+        dropped = len(codes) - len(fitting)
+        codes = fitting
+        if raws and len(codes) + dropped < len(raws):
+            warnings.append(f"{source}: an incomplete code (value, meaning and scheme are all "
+                            "needed) was left out")
+        if rule.required and not codes:
+            raise MappingFieldError(
+                f"{self.keyword} is required but {rule._sources_text()}",
+                rule.sources[0] if rule.sources else None, self.keyword, rule.where)
+        if trace is not None:
+            trace.entries.append(TraceEntry(prefix + self.keyword, codes or None, source,
+                                            [rule.transform or "code"], warnings))
+        return codes or None
 
 
 def evaluate_rules(rules: list[Rule | SequenceRule], scope: Scope, trace: Trace | None,
@@ -185,4 +340,3 @@ def evaluate_rules(rules: list[Rule | SequenceRule], scope: Scope, trace: Trace 
         if value is not None:
             item[rule.keyword] = value
     return item
-

@@ -63,11 +63,16 @@ def to_person_name_xcn(raw: str, seps: Separators) -> str:
 
 
 def to_code(raw: str, seps: Separators) -> dict[str, str]:
-    """CE/CWE (id^text^system) to a code item; empty when the code value is missing."""
-    parts = [unescape(p, seps) for p in raw.split(seps.repetition, 1)[0].split(seps.component)]
+    """CE/CWE (id^text^system) to a code item; empty unless the item would be complete.
+
+    wlmscpfs rejects a whole worklist file whose code sequence holds an item without
+    CodeValue, CodingSchemeDesignator or CodeMeaning, so an incomplete code is no code.
+    """
+    parts = [unescape(p, seps).strip()
+             for p in raw.split(seps.repetition, 1)[0].split(seps.component)]
     parts += [""] * (3 - len(parts))
     code, text, system = parts[:3]
-    if not code:
+    if not (code and text and system):
         return {}
     return {"CodeValue": code, "CodingSchemeDesignator": system, "CodeMeaning": text}
 
@@ -100,6 +105,12 @@ TRANSFORMS: dict[str, Transform] = {
 CODE_TRANSFORMS = {"code", "code_alternate"}
 
 _UID_NAMESPACE = uuid.UUID("6f1b1a7e-3c2b-4c8e-9a51-6d1c0e3a9b10")
+
+
+def new_uid(root: str = "2.25") -> str:
+    """A fresh, random UID (for `uid_generate`): unique, but not the same on a resend."""
+    number = uuid.uuid4().int
+    return f"2.25.{number}" if root == "2.25" else f"{root}.{number}"[:64].rstrip(".")
 
 
 def derived_uid(seed: str, root: str = "2.25") -> str:

@@ -154,14 +154,15 @@ async def test_corpus_xr_change_replaces_the_order(world: World) -> None:
     await world.send(orm("XR-nw", order="XR", placer=placer, accession="XRACC",
                          patient_id="XRPAT", description="OLD DESCRIPTION"))
     world.eventually(1, AccessionNumber="XRACC")
-    # The XR names the same placer order; its OBR-4.2 is "KNEE-RIGHT AP LAT", OBR-20 (the
-    # step ID) 0000731, its patient N00804 (PID-3). The order's old item goes away.
+    # The XR names the same placer order; its OBR-4.2 is "KNEE-RIGHT AP LAT", its patient
+    # N00804 (PID-3). The order's old item goes away. This sender (DMCOE) has its own
+    # profile, mappings/vendor-dmc-radis.yaml: the accession is the filler number, OBR-3.1.
     assert ack_code(await world.send(_corpus("hapi-npac-dmc__ORM_O01_v22_XR-change.hl7"))) \
         == "AA"
     world.eventually(0, AccessionNumber="XRACC")
     [new] = world.eventually(1, PatientID="N00804")
     assert str(step(new).ScheduledProcedureStepDescription) == "KNEE-RIGHT AP LAT"
-    assert str(step(new).ScheduledProcedureStepID) == "0000731"
+    assert new.AccessionNumber == "0000000517"
 
 
 async def test_a08_renames_the_patient_on_live_items(world: World) -> None:
