@@ -75,6 +75,10 @@ class Bridge:
             w.notify()
 
     async def start(self) -> None:
+        interrupted = await self.store.run(self.store.store.recover)
+        if interrupted:
+            log.warning("%d messages were interrupted by the last stop (not acknowledged; "
+                        "their senders resend them): journal list shows them", interrupted)
         for w in self.workers:
             w.start()
         self.housekeeper.start()

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS journal (
     control_id   TEXT,
     message_type TEXT,
     profile      TEXT,
-    -- received | processed | failed | duplicate | replayed (failed, then replayed with success)
+    -- received | processed | failed | duplicate | replayed (failed, then replayed with
+    -- success) | interrupted (the bridge stopped before answering it)
     status       TEXT NOT NULL DEFAULT 'received',
     ack_code     TEXT,
     ack          BLOB,
@@ -143,6 +144,15 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    def recover(self) -> int:
+        """At start-up: messages journaled but never answered (the bridge stopped while
+        processing them) are marked `interrupted`. Their senders got no ACK and send them
+        again; the entries stay for the record."""
+        cur = self.db.execute(
+            "UPDATE journal SET status = 'interrupted', error = 'the bridge stopped before "
+            "answering; the sender was not acknowledged' WHERE status = 'received'")
+        return cur.rowcount
 
     # --- journal ---------------------------------------------------------------------------
 

@@ -29,6 +29,9 @@ class FolderSink:
         root.mkdir(parents=True, exist_ok=True)
         if layout == "flat":
             self._prepare(root)
+        # A write cut short by a crash leaves its temporary file (never a partial .wl).
+        for stale in root.glob("**/.*.wl.tmp"):
+            stale.unlink(missing_ok=True)
 
     def _prepare(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
