@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from bridge import ack as acks
 from bridge.ack import AckError, ErrorLocation
+from bridge.config import MllpConfig
 from bridge.decoding import DecodeError, UnknownCharset, decode
 from bridge.message import Message
 
@@ -328,6 +329,14 @@ def structure_error(msg: Message) -> AckError | None:
     more = len(report.problems) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return AckError(first.code, f"structure: {first}{suffix}", first.location)
+
+
+def strict_for(cfg: MllpConfig, msg: Message) -> bool:
+    """Whether `mllp.strict` or `mllp.strict_senders` (MSH-3 values) applies to `msg`."""
+    if cfg.strict:
+        return True
+    return bool(cfg.strict_senders) and msg.header(3).strip() in {
+        s.strip() for s in cfg.strict_senders}
 
 
 def warm_up() -> None:

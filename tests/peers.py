@@ -117,6 +117,8 @@ def run_bridge(workdir: Path, overrides: dict | None = None) -> Iterator[BridgeP
         BRIDGE_DATA_DIR=str(workdir / "data"),
         BRIDGE_MLLP__PORT=str(port),
         BRIDGE_SCP__ENABLED="false",
+        # Tests run side by side: never the fixed default metrics port.
+        BRIDGE_METRICS__PORT=str(free_port()),
         **{k: str(v) for k, v in (overrides or {}).items()},
     )
     log_path = workdir / "bridge.log"
