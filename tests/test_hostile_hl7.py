@@ -20,6 +20,7 @@ from listener_rig import (
     frame,
     msa,
     rig_config,
+    with_control_id,
 )
 
 CORPUS = Path("/work/shared/corpus/hl7")
@@ -167,6 +168,29 @@ def test_several_hostile_messages_on_one_connection(bridge, message, n):
             ack = client.read_ack()
             assert ack is not None
             assert err_code(ack) != INTERNAL_ERROR, ack
+
+
+@pytest.mark.parametrize("shape", ["segments", "field", "components", "repetitions",
+                                   "escapes", "orders"])
+def test_pathological_messages_within_the_size_limit(bridge, shape):
+    """Near the 1 MB default limit, built to make parsing and mapping work hard."""
+    base = with_control_id(fixture_message(), f"BIG-{shape}")
+    head, _, rest = base.partition(b"\rORC|")
+    grow = {
+        "segments": lambda: base + b"NTE|1|x\r" * 100_000,
+        "field": lambda: base.replace(b"DOE^J1", b"D" * 900_000),
+        "components": lambda: base.replace(b"DOE^J1", b"^" * 400_000),
+        "repetitions": lambda: base.replace(b"DOE^J1", b"~" * 400_000),
+        "escapes": lambda: base.replace(b"DOE^J1", b"\\X41\\" * 150_000),
+        "orders": lambda: head + b"".join(
+            b"\rORC|" + rest.rstrip(b"\r").replace(b"A103Z", b"A%dZ" % i)
+            for i in range(1500)) + b"\r",
+    }
+    message = grow[shape]()
+    assert len(message) < 1_048_576
+    assert msa(answer(bridge, message))[0] in ("AA", "AE")
+    assert msa(answer(bridge, with_control_id(fixture_message(), f"AFTER-{shape}")))[0] \
+        == "AA"
 
 
 def test_still_serving_after_the_abuse(bridge):
