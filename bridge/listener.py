@@ -120,7 +120,7 @@ class MllpServer:
             # instead of waiting on a connection nobody serves.
             log.warning("MLLP connection from %s refused: %d connections open (the limit)",
                         _peer(writer), len(self.connections))
-            self.metrics.refused.labels("max_connections").inc()
+            self.metrics.closed.labels("max_connections").inc()
             writer.close()
             return
         task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
@@ -148,7 +148,7 @@ class MllpServer:
                 except TimeoutError:
                     log.info("MLLP connection from %s: no complete frame for %g s, closing",
                              peer, self.limits.idle_timeout)
-                    self.metrics.refused.labels("idle_timeout").inc()
+                    self.metrics.closed.labels("idle_timeout").inc()
                     break
                 else:
                     if frame is None:

@@ -6,7 +6,8 @@ Metric names (all prefixed ``hl7bridge_``):
   ``other`` past a bound, ``none`` when unreadable) and MSA-1 (AA, AE, AR).
 - ``ack_latency_seconds``: histogram, frame fully received -> ACK handed to the socket.
 - ``outbox_depth{sink}``: items waiting for each sink (read from the store at each scrape).
-- ``mllp_connections``: open MLLP connections; ``mllp_connections_refused_total{reason}``.
+- ``mllp_connections``: open MLLP connections; ``mllp_connections_closed_total{reason}``:
+  connections the bridge closed (``max_connections``, ``idle_timeout``).
 - ``cfind_latency_seconds``: histogram for the MWL SCP to observe, one C-FIND from request to
   final status (``Bridge.metrics.cfind_latency.observe(seconds)``).
 
@@ -66,8 +67,8 @@ class Metrics:
                                   ["sink"], registry=r)
         self.connections = Gauge("hl7bridge_mllp_connections", "Open MLLP connections",
                                  registry=r)
-        self.refused = Counter("hl7bridge_mllp_connections_refused", "MLLP connections "
-                               "closed at once", ["reason"], registry=r)
+        self.closed = Counter("hl7bridge_mllp_connections_closed", "MLLP connections "
+                              "closed by the bridge", ["reason"], registry=r)
         self.cfind_latency = Histogram("hl7bridge_cfind_latency_seconds", "MWL C-FIND, "
                                        "request to final status", buckets=_LATENCY_BUCKETS,
                                        registry=r)

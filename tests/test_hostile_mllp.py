@@ -139,6 +139,12 @@ def test_noise_only_connections_close_cleanly(bridge):
     assert_alive(bridge)
 
 
+def closed_count(bridge: BridgeThread, reason: str) -> float:
+    registry = bridge.bridge.metrics.registry
+    return registry.get_sample_value("hl7bridge_mllp_connections_closed_total",
+                                     {"reason": reason}) or 0.0
+
+
 def test_idle_and_stuck_senders_are_closed(tmp_path):
     config = rig_config(tmp_path, mllp__idle_timeout="0.5")
     with BridgeThread(config) as bridge:
@@ -146,6 +152,7 @@ def test_idle_and_stuck_senders_are_closed(tmp_path):
             half.send(SB + ORDER[:50])  # a frame begun and never finished
             assert silent.wait_closed()
             assert half.wait_closed()
+        assert closed_count(bridge, "idle_timeout") >= 2
         # A sender that keeps talking within the timeout stays connected.
         with RawClient(bridge.port) as busy:
             for _ in range(3):
@@ -164,6 +171,7 @@ def test_connection_limit(tmp_path):
             assert msa(second.exchange(order()[0]))[0] == "AA"
             with RawClient(bridge.port) as third:
                 assert third.wait_closed(), "a third connection must be closed at once"
+            assert closed_count(bridge, "max_connections") == 1
             # The two admitted connections are still served.
             assert msa(first.exchange(order()[0]))[0] == "AA"
             second.close()
