@@ -140,7 +140,9 @@ class MllpServer:
         try:
             while True:
                 try:
-                    frame = await asyncio.wait_for(read_frame(reader), timeout)
+                    # asyncio.timeout, not wait_for: no extra task per frame on the hot path
+                    async with asyncio.timeout(timeout):
+                        frame = await read_frame(reader)
                 except FrameTooLarge:
                     frame = None
                     started = time.perf_counter()
@@ -157,7 +159,8 @@ class MllpServer:
                     outcome = await self.handler.handle(frame, peer)
                 write_frame(writer, outcome.ack)
                 # A sender that never reads its ACKs would block us here for ever.
-                await asyncio.wait_for(writer.drain(), timeout)
+                async with asyncio.timeout(timeout):
+                    await writer.drain()
                 self.metrics.message_answered(frame, outcome.code,
                                               time.perf_counter() - started)
         except TimeoutError:
