@@ -52,7 +52,9 @@ def _send(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from bridge.client import split_messages
-    from bridge.validate import check_bytes
+    from bridge.validate import check_bytes, warm_up
+
+    warm_up()  # a missing hl7apy is a clear message here, not a traceback later
 
     problems = 0
     for file in args.files:

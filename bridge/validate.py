@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from bridge import ack as acks
 from bridge.ack import AckError, ErrorLocation
-from bridge.config import MllpConfig
+from bridge.config import ConfigError, MllpConfig
 from bridge.decoding import DecodeError, UnknownCharset, decode
 from bridge.message import Message
 
@@ -341,7 +341,11 @@ def strict_for(cfg: MllpConfig, msg: Message) -> bool:
 
 def warm_up() -> None:
     """Import hl7apy's tables once, at start-up, rather than on the first strict message."""
-    from hl7apy import SUPPORTED_LIBRARIES
+    try:
+        from hl7apy import SUPPORTED_LIBRARIES
+    except ImportError as exc:
+        raise ConfigError("mllp.strict and mllp.strict_senders need hl7apy: pip install "
+                          "'hl7-worklist-bridge[strict]'") from exc
 
     for module in SUPPORTED_LIBRARIES.values():
         importlib.import_module(module)
