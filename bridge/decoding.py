@@ -111,6 +111,9 @@ def decode(
     raw = raw.lstrip(b"\r\n\t ")
     if not raw.startswith(b"MSH") or len(raw) < 8:
         raise DecodeError("the message does not start with an MSH segment")
+    if raw[3:4] in (b"\r", b"\n"):
+        # "MSH" alone on its line: there is no field separator to split anything with.
+        raise DecodeError("MSH-1 (the field separator) is missing")
     declared = _msh18(raw)
     charset = lookup_charset(override or declared or default_charset)
     sniffed = False

@@ -43,6 +43,8 @@ def message_type_of(raw: bytes) -> str:
     if not head.startswith(b"MSH") or len(head) < 9:
         return "none"
     head = head.split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if len(head) < 9:
+        return "none"
     fields = head.split(head[3:4])
     if len(fields) < 9:
         return "none"

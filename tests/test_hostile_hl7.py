@@ -73,6 +73,22 @@ def test_every_corpus_message_gets_a_clean_answer(bridge):
         check(bridge, message)
 
 
+TRICKY_HEADERS = [b"MSH", b"MSH\r|^~\\&|A|B|||||ORM^O01|1|P|2.3.1", b"MSH\n|^~", b"MSH\r\r\r",
+                  b"MSH|", b"MSH||||||||||", b"MSH|^~\\&", b"MSH^^^^^^^^^^^^", b"MSH\xc3\xa9\xc3",
+                  b"MSH\x00\x00\x00\x00\x00\x00\x00\x00\x00", b"MSH|^~\\&|" + b"|" * 20,
+                  b"\xef\xbb\xbfMSH\r", b"  \r\nMSH\rPID|1", b"MSHMSHMSHMSHMSH"]
+
+
+@pytest.mark.parametrize("header", TRICKY_HEADERS)
+def test_tricky_headers_get_ar_and_the_connection_goes_on(bridge, header):
+    # Found by test_mutated_real_messages: "MSH" alone on its line was an internal error
+    # (AE 207) in decoding, and would have ended the connection in the metrics hook.
+    with RawClient(bridge.port) as client:
+        ack = client.exchange(header)
+        assert msa(ack)[0] in ("AR", "AE") and err_code(ack) != INTERNAL_ERROR, ack
+        assert msa(client.exchange(fixture_message()))[0] == "AA"
+
+
 @SETTINGS
 @given(junk=st.binary(max_size=2000).filter(framable))
 def test_binary_junk(bridge, junk):
