@@ -89,6 +89,15 @@ def test_tricky_headers_get_ar_and_the_connection_goes_on(bridge, header):
         assert msa(client.exchange(fixture_message()))[0] == "AA"
 
 
+@pytest.mark.parametrize("separators", [b"|", b"||", b"|^^~\\&", b"|a~\\&", b"|^~\\&\x00",
+                                        b"|^~\\& ", b"^^~\\&"])
+def test_unusable_separators_are_rejected(bridge, separators):
+    """An empty or colliding MSH-2 would split the message into nonsense: AR at MSH-1."""
+    message = fixture_message().replace(b"MSH|^~\\&", b"MSH" + separators, 1)
+    ack = answer(bridge, message)
+    assert msa(ack)[0] == "AR" and err_code(ack) == 100, ack
+
+
 @SETTINGS
 @given(junk=st.binary(max_size=2000).filter(framable))
 def test_binary_junk(bridge, junk):
