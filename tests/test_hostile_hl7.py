@@ -141,6 +141,22 @@ def test_mutated_real_messages(bridge, index, edits):
         check(bridge, message)
 
 
+@pytest.fixture(scope="module")
+def strict_bridge(tmp_path_factory):
+    config = rig_config(tmp_path_factory.mktemp("hl7-strict"), mllp__strict="true")
+    with BridgeThread(config) as running:
+        yield running
+
+
+@SETTINGS
+@given(index=st.integers(0, 10_000), edits=EDITS)
+def test_mutated_real_messages_in_strict_mode(strict_bridge, index, edits):
+    """Structure validation (hl7apy's tables) meets the same abuse without an internal error."""
+    message = _mutate(REAL[index % len(REAL)], edits)
+    if framable(message):
+        check(strict_bridge, message)
+
+
 SEPARATORS = st.lists(st.sampled_from(list("|^~\\&#!$%*+/:;=?@_`{}")), min_size=5,
                       max_size=5, unique=True)
 CHARSETS = st.sampled_from(["", " ", "8859/1", "UNICODE UTF-8", "UTF-8", "8859/5", "ISO IR87",
