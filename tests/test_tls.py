@@ -112,3 +112,12 @@ def test_tls_misconfiguration_stops_start_up_with_a_clear_message(tmp_path, pki)
                             timeout=60, env=env)
     assert result.returncode == 2
     assert "mllp.tls: cannot load certfile" in result.stderr
+
+
+def test_a_silent_client_cannot_hold_a_tls_handshake_open(tmp_path, pki):
+    overrides = tls_overrides(pki, require_client_cert=False)
+    config = rig_config(tmp_path, mllp__idle_timeout="1", **overrides)
+    with BridgeThread(config) as bridge:
+        with RawClient(bridge.port, timeout=15) as silent:
+            assert silent.wait_closed()  # the handshake timeout follows idle_timeout
+        assert msa(send_with(bridge.port, client_context(pki["ca"].ca_file)))[0] == "AA"
