@@ -44,11 +44,15 @@ class ErrorLocation:
     subcomponent: int | None = None
 
     def render(self, seps: Separators) -> str:
+        if not self.field:  # field 0: the segment as a whole (a segment sequence error)
+            return f"{self.segment}{seps.component}{self.sequence}"
         parts = [self.segment, str(self.sequence), str(self.field), "1",
                  str(self.component or ""), str(self.subcomponent or "")]
         return seps.component.join(parts).rstrip(seps.component)
 
     def __str__(self) -> str:
+        if not self.field:
+            return self.segment
         text = f"{self.segment}-{self.field}"
         if self.component:
             text += f".{self.component}"

@@ -9,14 +9,17 @@ from collections.abc import Callable, Sequence
 
 from bridge.config import Config
 from bridge.housekeeping import Housekeeper
-from bridge.listener import MllpServer
+from bridge.listener import Limits, MllpServer
 from bridge.mapping.loader import MappingError, load_profiles
 from bridge.mapping.watch import watch
+from bridge.metrics import Metrics, MetricsServer
 from bridge.outbox import OutboxWorker
 from bridge.processor import Processor
 from bridge.sinks import Sink
 from bridge.sinks.folder import FolderSink
 from bridge.store import AsyncStore, ItemWrite, Store
+from bridge.tls import server_context
+from bridge.validate import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +45,19 @@ class Bridge:
         # Called with the item writes of every commit (the SCP's index subscribes here).
         self.change_listeners: list[Callable[[Sequence[ItemWrite]], None]] = []
         self.processor = Processor(config, self.profiles, self.store, self._committed)
-        self.mllp = MllpServer(self.processor, max_message_bytes=config.mllp.max_message_bytes)
+        self.metrics = Metrics()  # the SCP observes self.metrics.cfind_latency
+        mllp = config.mllp
+        self.mllp = MllpServer(
+            self.processor,
+            limits=Limits(mllp.max_message_bytes, mllp.max_connections, mllp.idle_timeout),
+            ssl=server_context(mllp.tls) if mllp.tls.enabled else None, metrics=self.metrics)
         self.mllp_port: int | None = None
         self.housekeeper = Housekeeper(config, self.store, self._outside_change)
         self._watcher: asyncio.Task | None = None
+        self.metrics_server = MetricsServer(self.metrics, self.health)
+        self.metrics_port: int | None = None
+        if mllp.strict or mllp.strict_senders:
+            warm_up()
 
     def reload_mappings(self) -> bool:
         """Load the mapping folder again and use it for the next message.
@@ -91,10 +103,28 @@ class Bridge:
             self._watcher = asyncio.create_task(watch(
                 self.config.mappings.dir, self.config.mappings.watch_seconds,
                 self.reload_mappings))
+        metrics = self.config.metrics
+        if metrics.enabled:
+            try:
+                self.metrics_port = await self.metrics_server.start(metrics.host, metrics.port)
+                log.info("metrics on http://%s:%d/metrics and /healthz", metrics.host,
+                         self.metrics_port)
+            except OSError as exc:
+                # Orders matter more than metrics: run on, and say so loudly.
+                log.error("metrics endpoint not started on %s:%d: %s", metrics.host,
+                          metrics.port, exc)
+
+    async def health(self) -> dict:
+        """What /healthz reports; raises when the store cannot be read."""
+        db = self.store.store
+        depths = {s.name: await self.store.run(db.outbox_depth, s.name) for s in self.sinks}
+        return {"mllp_port": self.mllp_port, "connections": len(self.mllp.connections),
+                "outbox": depths}
 
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        await self.metrics_server.close()
         await self.mllp.close()
         await self.housekeeper.stop()
         for w in self.workers:

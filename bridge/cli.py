@@ -8,8 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
+from bridge import logprivacy
 from bridge.config import ConfigError, load_config
 from bridge.mapping.loader import MappingError
+from bridge.message import Separators
+
+_ERL = Separators()  # ERR-2 style locations in `validate` output: PID^1^3
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -18,6 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logprivacy.install(config.log_phi)
     asyncio.run(serve(config))
     return 0
 
@@ -25,8 +30,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace) -> int:
     from bridge.client import ack_code, send_files
 
+    ssl = None
+    if args.tls or args.tls_ca or args.tls_cert:
+        from bridge.tls import client_context
+
+        ssl = client_context(args.tls_ca, args.tls_cert, args.tls_key)
     try:
-        results = asyncio.run(send_files(args.files, args.host, args.port, args.timeout))
+        results = asyncio.run(send_files(args.files, args.host, args.port, args.timeout, ssl))
     except (OSError, TimeoutError) as exc:
         print(f"send: cannot reach {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
@@ -157,6 +167,31 @@ def _check_mapping(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from bridge.client import split_messages
+    from bridge.validate import check_bytes, warm_up
+
+    warm_up()  # a missing hl7apy is a clear message here, not a traceback later
+
+    problems = 0
+    for file in args.files:
+        try:
+            messages = split_messages(file.read_bytes())
+        except OSError as exc:
+            print(f"{file}: cannot read: {exc.strerror}", file=sys.stderr)
+            problems += 1
+            continue
+        for index, raw in enumerate(messages, start=1):
+            name = f"{file}#{index}" if len(messages) > 1 else str(file)
+            report = check_bytes(raw, args.default_charset)
+            print(f"{name}: {report.structure or 'no structure'}: "
+                  f"{'ok' if report.ok else f'{len(report.problems)} problem(s)'}")
+            for problem in report.problems:
+                print(f"  {problem.location.render(_ERL)}  {problem}  [HL7 0357 {problem.code}]")
+            problems += len(report.problems)
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hl7-worklist-bridge",
@@ -173,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=2575)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an ACK")
+    p.add_argument("--tls", action="store_true", help="MLLP over TLS")
+    p.add_argument("--tls-ca", type=Path, help="CA file to check the listener's certificate")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (PEM) to present")
+    p.add_argument("--tls-key", type=Path, help="its private key (PEM)")
     p.set_defaults(func=_send)
 
     p = sub.add_parser("journal", help="inspect and replay the message journal")
@@ -205,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-mapping", help="validate mapping files, report file:line:col")
     p.add_argument("files", type=Path, nargs="+")
     p.set_defaults(func=_check_mapping)
+
+    p = sub.add_parser("validate", help="check messages against their HL7 version's "
+                       "structure (segment order, cardinality, required fields)")
+    p.add_argument("files", type=Path, nargs="+", help="files with one or more messages")
+    p.add_argument("--default-charset", default="8859/1",
+                   help="HL7 character set when MSH-18 is empty (default 8859/1)")
+    p.set_defaults(func=_validate)
     return parser
 
 

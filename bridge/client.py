@@ -7,6 +7,7 @@ import contextlib
 import re
 import socket
 from pathlib import Path
+from ssl import SSLContext
 
 from hl7.mllp import MLLPStreamReader
 
@@ -32,8 +33,10 @@ def split_messages(data: bytes) -> list[bytes]:
 class MllpClient:
     """One connection; `send` returns the ACK payload of each message in order."""
 
-    def __init__(self, host: str, port: int, timeout: float = 30.0):
+    def __init__(self, host: str, port: int, timeout: float = 30.0,
+                 ssl: SSLContext | None = None):
         self.host, self.port, self.timeout = host, port, timeout
+        self.ssl = ssl  # MLLP over TLS when given (bridge.tls.client_context)
         self.reader: MLLPStreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -42,7 +45,8 @@ class MllpClient:
         self.reader = MLLPStreamReader(limit=16 * 1024 * 1024, loop=loop)
         protocol = asyncio.StreamReaderProtocol(self.reader, loop=loop)
         transport, _ = await asyncio.wait_for(
-            loop.create_connection(lambda: protocol, self.host, self.port), self.timeout)
+            loop.create_connection(lambda: protocol, self.host, self.port, ssl=self.ssl),
+            self.timeout)
         self.writer = asyncio.StreamWriter(transport, protocol, self.reader, loop)
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -65,10 +69,10 @@ class MllpClient:
         return ack
 
 
-async def send_files(files: list[Path], host: str, port: int, timeout: float = 30.0
-                     ) -> list[tuple[Path, bytes]]:
+async def send_files(files: list[Path], host: str, port: int, timeout: float = 30.0,
+                     ssl: SSLContext | None = None) -> list[tuple[Path, bytes]]:
     results = []
-    async with MllpClient(host, port, timeout) as client:
+    async with MllpClient(host, port, timeout, ssl) as client:
         for file in files:
             for message in split_messages(file.read_bytes()):
                 results.append((file, await client.send(message)))

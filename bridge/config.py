@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
@@ -21,9 +21,27 @@ ENV_PREFIX = "BRIDGE_"
 class ConfigError(Exception):
     """A configuration that cannot be used; the message names the key."""
 
+    phi_free = True  # names files and keys, never patient data (logprivacy.py)
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class TlsConfig(_Section):
+    enabled: bool = False
+    certfile: Path | None = None  # the listener's certificate chain (PEM)
+    keyfile: Path | None = None  # its private key (PEM); None: the key is in certfile
+    ca_file: Path | None = None  # CAs that sign client certificates
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsConfig:
+        if self.enabled and self.certfile is None:
+            raise ValueError("certfile is required when TLS is enabled")
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("ca_file is required to check client certificates")
+        return self
 
 
 class MllpConfig(_Section):
@@ -35,6 +53,31 @@ class MllpConfig(_Section):
     # Bytes labelled as a single-byte charset that are valid UTF-8 with non-ASCII
     # characters are decoded as UTF-8: the commonest mislabelling in real feeds.
     detect_utf8: bool = True
+    # Connections beyond this are closed at once (a runaway sender cannot exhaust us).
+    max_connections: int = Field(64, ge=1)
+    # Seconds a connection may take to deliver its next complete frame, or to take an
+    # ACK, before it is closed; 0 waits for ever. Bounds slow and stuck senders.
+    idle_timeout: float = Field(3600.0, ge=0)
+    # Structure validation (hl7apy) before mapping: AR with ERR naming the location.
+    # `strict` applies it to every sender, `strict_senders` to those MSH-3 values only.
+    strict: bool = False
+    strict_senders: list[str] = []
+    tls: TlsConfig = TlsConfig()
+
+    @field_validator("strict_senders", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        # From the environment the list comes as one string: "RIS1,RIS2".
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
+class MetricsConfig(_Section):
+    # /healthz and Prometheus /metrics over plain HTTP: keep it on a local address.
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9102, ge=0, le=65535)
 
 
 class StoreConfig(_Section):
@@ -118,6 +161,8 @@ class JournalConfig(_Section):
 class Config(_Section):
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # false: log lines carry no message content (names, exception texts quoting values).
+    log_phi: bool = False
     mllp: MllpConfig = MllpConfig()
     store: StoreConfig = StoreConfig()
     mappings: MappingsConfig = MappingsConfig()
@@ -125,6 +170,7 @@ class Config(_Section):
     sinks: SinksConfig = SinksConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     journal: JournalConfig = JournalConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @property
     def store_path(self) -> Path:
@@ -144,6 +190,9 @@ class Config(_Section):
         self.store.path = rel(self.store.path)
         self.mappings.dir = rel(self.mappings.dir)
         self.sinks.folder.path = rel(self.sinks.folder.path)
+        tls = self.mllp.tls
+        tls.certfile, tls.keyfile, tls.ca_file = (rel(tls.certfile), rel(tls.keyfile),
+                                                  rel(tls.ca_file))
         return self
 
 

@@ -87,6 +87,21 @@ def _msh18(raw: bytes) -> str:
     return first_repetition.decode("ascii", "replace").strip()
 
 
+def _check_separators(raw: bytes) -> None:
+    """MSH-1 and MSH-2 must be usable: 2 to 5 distinct punctuation characters in all
+    (v2.7 adds a fifth, the truncation character). Letters or repeats there would split
+    the whole message into nonsense."""
+    field = raw[3:4]
+    ends = [i for i in (raw.find(field, 4), raw.find(b"\r", 4), raw.find(b"\n", 4)) if i != -1]
+    encoding = raw[4:min(ends, default=len(raw))]
+    chars = field + encoding
+    if not 1 <= len(encoding) <= 5 or len(set(chars)) != len(chars) or not all(
+            0x21 <= c <= 0x7E and not chr(c).isalnum() for c in chars):
+        shown = chars[:6].decode("latin-1")
+        raise DecodeError(f"MSH-1/MSH-2 (separators {shown!r}) are not distinct "
+                          "punctuation characters")
+
+
 def _is_utf8_with_non_ascii(raw: bytes) -> bool:
     if raw.isascii():
         return False
@@ -116,6 +131,10 @@ def decode(
     raw = raw.lstrip(b"\r\n\t ")
     if not raw.startswith(b"MSH") or len(raw) < 8:
         raise DecodeError("the message does not start with an MSH segment")
+    if raw[3:4] in (b"\r", b"\n"):
+        # "MSH" alone on its line: there is no field separator to split anything with.
+        raise DecodeError("MSH-1 (the field separator) is missing")
+    _check_separators(raw)
     declared = _msh18(raw)
     charset = lookup_charset(override or declared or default_charset)
     sniffed = False

@@ -7,6 +7,7 @@ message stays in the journal with its error so it can be replayed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,12 +25,14 @@ from bridge.lifecycle import (
     patient_writes,
     plan,
 )
+from bridge.logprivacy import exception_text
 from bridge.mapping.engine import NoProfile, apply_profile, select_profile
 from bridge.mapping.loader import Profile
 from bridge.mapping.patient import PatientProfile, apply_patient_profile
 from bridge.mapping.rules import MappingFieldError
 from bridge.message import Message
 from bridge.store import AsyncStore, ItemWrite
+from bridge.validate import strict_for, structure_error
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,10 @@ class Processor:
         msg: Message | None = None
         try:
             msg = self._decode(raw, header)
+            if strict_for(self.config.mllp, msg):  # hl7apy's tables: off the event loop
+                error = await asyncio.to_thread(structure_error, msg)
+                if error is not None:
+                    raise Rejection("AR", error)
             profile = self._select(msg, header)
             if profile.charset:
                 msg = Message(decode(raw, override=profile.charset, detect_utf8=False))
@@ -96,7 +103,8 @@ class Processor:
         except Exception as exc:  # a bug must cost one AE, not the connection
             log.exception("journal %d: internal error", journal_id)
             err = AckError(acks.APPLICATION_INTERNAL_ERROR, f"internal error: {exc}")
-            return await self._fail(journal_id, header, msg, "AE", err)
+            return await self._fail(journal_id, header, msg, "AE", err, log_text="internal "
+                                    f"error: {exception_text(exc, self.config.log_phi)}")
 
     async def oversized(self, peer: str, limit: int) -> Outcome:
         """A frame over the size limit: its bytes are gone, the journal says so."""
@@ -216,10 +224,11 @@ class Processor:
         return text.encode(codec, errors="replace")
 
     async def _fail(self, journal_id: int, header: dict[str, str | None], msg: Message | None,
-                    code: str, error: AckError) -> Outcome:
+                    code: str, error: AckError, log_text: str | None = None) -> Outcome:
         ack = self._encode(acks.build_ack(code, f"A{journal_id}", msg, error), msg)
         where = f" at {error.location}" if error.location else ""
-        log.warning("journal %d: %s %s%s: %s", journal_id, code, error.code, where, error.text)
+        log.warning("journal %d: %s %s%s: %s", journal_id, code, error.code, where,
+                    log_text or error.text)
         try:
             await self.store.run(self.store.store.journal_failed, journal_id, header, code, ack,
                                  f"{error.code}{where}: {error.text}")

@@ -113,12 +113,14 @@ def run_bridge(workdir: Path, overrides: dict | None = None) -> Iterator[BridgeP
     given as BRIDGE_* environment variables (the documented override mechanism)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = bridge_env(
-        BRIDGE_DATA_DIR=str(workdir / "data"),
-        BRIDGE_MLLP__PORT=str(port),
-        BRIDGE_SCP__ENABLED="false",
+    env = bridge_env(**{
+        "BRIDGE_DATA_DIR": str(workdir / "data"),
+        "BRIDGE_MLLP__PORT": str(port),
+        "BRIDGE_SCP__ENABLED": "false",
+        # Tests run side by side: never the fixed default metrics port.
+        "BRIDGE_METRICS__PORT": str(free_port()),
         **{k: str(v) for k, v in (overrides or {}).items()},
-    )
+    })
     log_path = workdir / "bridge.log"
     config = ROOT / "config.yaml"
     with open(log_path, "wb") as log:

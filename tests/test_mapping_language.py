@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from bridge.decoding import decode
-from bridge.mapping.engine import NoProfile, select_profile
+from bridge.dicomfile import to_dataset
+from bridge.mapping.engine import NoProfile, apply_profile, select_profile
 from bridge.mapping.loader import load_profile, load_profiles
 from bridge.mapping.rules import MappingFieldError
 from bridge.message import Message
@@ -593,3 +594,20 @@ def test_referenced_study_sequence_shares_the_derived_study_uid(tmp_path: Path) 
         "ReferencedSOPClassUID": "1.2.840.10008.3.1.2.3.1",
         "ReferencedSOPInstanceUID": got["StudyInstanceUID"]}]
     assert got["StudyInstanceUID"].startswith("2.25.")
+
+
+def test_ascii_only_vrs_are_fitted_not_left_unwritable(tmp_path: Path) -> None:
+    """A station AE title with accents or control characters: transliterated, with a
+    warning, so the .wl file can be written (pydicom refuses anything else in an AE)."""
+    file = write(tmp_path, "profile: p\nmatch: {message_type: ORM^O01}\n"
+                 "order: {key: ORC-2, control: ORC-1, status: ORC-5}\n"
+                 "attributes:\n  ScheduledProcedureStepSequence:\n"
+                 "    - ScheduledStationAETitle: OBR-3\n", "p.yaml")
+    text = ("MSH|^~\\&|R|H|B|I|||ORM^O01|1|P|2.3.1||||||UNICODE UTF-8\r"
+            "ORC|NW|1\rOBR|1|1|STÄTION\x07É1")
+    msg = Message(decode(text.encode("utf-8")))
+    result = apply_profile(load_profile(file), msg, trace=True)
+    step = result.orders[0].items[0]["ScheduledProcedureStepSequence"][0]
+    assert step["ScheduledStationAETitle"] == "STATIONE1"
+    assert any("cannot hold" in w for w in result.warnings)
+    to_dataset(result.orders[0].items[0])  # writable

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 class MappingError(Exception):
     """One or more problems in mapping files; each line reads ``file:line:col: what``."""
 
+    phi_free = True  # names files and keys, never patient data (logprivacy.py)
+
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems

@@ -11,6 +11,7 @@ from YAML and checks them; this module only evaluates them. The steps of a rule,
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from bridge.mapping.transforms import TRANSFORMS, derived_uid, new_uid
@@ -22,6 +23,9 @@ MAX_LENGTH = {
     "LT": 10240, "PN": 64, "SH": 16, "ST": 1024, "TM": 16, "UI": 64, "UC": 2**32 - 2,
     "UR": 2**32 - 2, "UT": 2**32 - 2,
 }
+# VRs limited to printable ASCII (the default character repertoire, no control characters).
+ASCII_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
+_PRINTABLE_ASCII = re.compile(r"^[ -~]*$")
 # VRs whose values may not contain CR/LF (anything but the text VRs).
 MULTILINE_VRS = {"LT", "ST", "UT"}
 # The DICOM value separator: a rule reading every repetition (`[*]`) joins them with it.
@@ -244,6 +248,13 @@ class Rule:
     def _fit(self, value: str, warnings: list[str]) -> str:
         if self.vr not in MULTILINE_VRS and ("\r" in value or "\n" in value):
             value = " ".join(value.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+        if self.vr in ASCII_VRS and not _PRINTABLE_ASCII.match(value):
+            # These VRs take the default repertoire only: pydicom cannot write anything else,
+            # and the item would never reach a sink although the sender got AA.
+            fitted = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
+            fitted = "".join(c for c in fitted if " " <= c <= "~")
+            warnings.append(f"{value!r} has characters {self.vr} cannot hold: {fitted!r} used")
+            value = fitted
         if self.vr in _NUMBER and value and not all(_NUMBER[self.vr].match(v)
                                                     for v in value.split(MULTI_VALUE)):
             # A number with its unit glued on ("15kg") would make an invalid file.

@@ -78,8 +78,9 @@ class FolderSink:
 
     def _remove_everywhere(self, item_key: str, keep: Path | None) -> None:
         name = file_name(item_key)
+        # A linked folder may lead out of root: never delete through one.
         folders = [self.root] if self.layout == "flat" else \
-            [p for p in self.root.iterdir() if p.is_dir()]
+            [p for p in self.root.iterdir() if p.is_dir() and not p.is_symlink()]
         for folder in folders:
             if keep is not None and folder == keep:
                 continue

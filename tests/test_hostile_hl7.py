@@ -1,0 +1,239 @@
+"""Hostile HL7 content over MLLP: random segments, bad escapes, wrong separators, undeclared
+or wrong character sets, binary junk, mutated real messages. Each frame gets exactly one
+ACK, AA, AE or AR, and never an internal error (ERR code 207 means a bug reached the
+catch-all); the bridge keeps serving other senders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from listener_rig import (
+    FRAME_END,
+    SB,
+    BridgeThread,
+    RawClient,
+    err_code,
+    fixture_message,
+    frame,
+    msa,
+    rig_config,
+    with_control_id,
+)
+
+CORPUS = Path("/work/shared/corpus/hl7")
+FIXTURE_DIR = Path(__file__).parent / "fixtures" / "hl7"
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+INTERNAL_ERROR = 207
+
+
+@pytest.fixture(scope="module")
+def bridge(tmp_path_factory):
+    with BridgeThread(rig_config(tmp_path_factory.mktemp("hl7"))) as running:
+        yield running
+
+
+def real_messages() -> list[bytes]:
+    from bridge.client import split_messages
+
+    folder = CORPUS if CORPUS.is_dir() else FIXTURE_DIR
+    return [m for f in sorted(folder.glob("*.hl7")) for m in split_messages(f.read_bytes())]
+
+
+REAL = real_messages()
+
+
+def answer(bridge: BridgeThread, payload: bytes) -> bytes:
+    with RawClient(bridge.port) as client:
+        client.send(frame(payload))
+        ack = client.read_ack()
+    assert ack is not None, f"connection closed without an ACK for {payload[:120]!r}"
+    return ack
+
+
+def check(bridge: BridgeThread, payload: bytes) -> tuple[str, int | None]:
+    ack = answer(bridge, payload)
+    code, err = msa(ack)[0], err_code(ack)
+    assert code in ("AA", "AE", "AR"), ack
+    assert err != INTERNAL_ERROR, f"internal error for {payload[:200]!r}: {ack!r}"
+    return code, err
+
+
+def framable(data: bytes) -> bool:
+    # Bytes that would end or restart the frame are framing, not content: tested elsewhere.
+    return FRAME_END not in data and SB not in data
+
+
+def test_every_corpus_message_gets_a_clean_answer(bridge):
+    assert REAL
+    for message in REAL:
+        check(bridge, message)
+
+
+TRICKY_HEADERS = [b"MSH", b"MSH\r|^~\\&|A|B|||||ORM^O01|1|P|2.3.1", b"MSH\n|^~", b"MSH\r\r\r",
+                  b"MSH|", b"MSH||||||||||", b"MSH|^~\\&", b"MSH^^^^^^^^^^^^", b"MSH\xc3\xa9\xc3",
+                  b"MSH\x00\x00\x00\x00\x00\x00\x00\x00\x00", b"MSH|^~\\&|" + b"|" * 20,
+                  b"\xef\xbb\xbfMSH\r", b"  \r\nMSH\rPID|1", b"MSHMSHMSHMSHMSH"]
+
+
+@pytest.mark.parametrize("header", TRICKY_HEADERS)
+def test_tricky_headers_get_ar_and_the_connection_goes_on(bridge, header):
+    # Found by test_mutated_real_messages: "MSH" alone on its line was an internal error
+    # (AE 207) in decoding, and would have ended the connection in the metrics hook.
+    with RawClient(bridge.port) as client:
+        ack = client.exchange(header)
+        assert msa(ack)[0] in ("AR", "AE") and err_code(ack) != INTERNAL_ERROR, ack
+        assert msa(client.exchange(fixture_message()))[0] == "AA"
+
+
+@pytest.mark.parametrize("separators", [b"|", b"||", b"|^^~\\&", b"|a~\\&", b"|^~\\&\x00",
+                                        b"|^~\\& ", b"^^~\\&"])
+def test_unusable_separators_are_rejected(bridge, separators):
+    """An empty or colliding MSH-2 would split the message into nonsense: AR at MSH-1."""
+    message = fixture_message().replace(b"MSH|^~\\&", b"MSH" + separators, 1)
+    ack = answer(bridge, message)
+    assert msa(ack)[0] == "AR" and err_code(ack) == 100, ack
+
+
+@SETTINGS
+@given(junk=st.binary(max_size=2000).filter(framable))
+def test_binary_junk(bridge, junk):
+    check(bridge, junk)
+
+
+@SETTINGS
+@given(junk=st.binary(max_size=500).filter(framable))
+def test_binary_junk_after_msh(bridge, junk):
+    check(bridge, b"MSH|^~\\&|" + junk)
+
+
+def _mutate(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
+    out = bytearray(data)
+    for kind, pos, blob in edits:
+        pos %= max(1, len(out))
+        if kind == 0:
+            out[pos:pos + len(blob)] = blob  # overwrite
+        elif kind == 1:
+            out[pos:pos] = blob  # insert
+        else:
+            del out[pos:pos + max(1, len(blob))]  # delete
+    return bytes(out)
+
+
+INTERESTING = st.sampled_from([b"|", b"^", b"~", b"\\", b"&", b"\r", b"\n", b"\x00", b"\xff",
+                               b"\\X", b"\\XZZ\\", b"\\X0\\", b"\\.br\\", b"\\H\\", b"\\E",
+                               b"\xc3", b"\xe9", b"\xef\xbb\xbf", b"MSH|", b"\rOBR|",
+                               b"\rORC|", b"\rPID|", b"\rZDS|", b"^^^^^^^^", b"~~~~"])
+EDITS = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10_000),
+                           st.one_of(INTERESTING, st.binary(min_size=1, max_size=8))),
+                 min_size=1, max_size=6)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=st.integers(0, 10_000), edits=EDITS)
+def test_mutated_real_messages(bridge, index, edits):
+    message = _mutate(REAL[index % len(REAL)], edits)
+    if framable(message):
+        check(bridge, message)
+
+
+@pytest.fixture(scope="module")
+def strict_bridge(tmp_path_factory):
+    config = rig_config(tmp_path_factory.mktemp("hl7-strict"), mllp__strict="true")
+    with BridgeThread(config) as running:
+        yield running
+
+
+@SETTINGS
+@given(index=st.integers(0, 10_000), edits=EDITS)
+def test_mutated_real_messages_in_strict_mode(strict_bridge, index, edits):
+    """Structure validation (hl7apy's tables) meets the same abuse without an internal error."""
+    message = _mutate(REAL[index % len(REAL)], edits)
+    if framable(message):
+        check(strict_bridge, message)
+
+
+SEPARATORS = st.lists(st.sampled_from(list("|^~\\&#!$%*+/:;=?@_`{}")), min_size=5,
+                      max_size=5, unique=True)
+CHARSETS = st.sampled_from(["", " ", "8859/1", "UNICODE UTF-8", "UTF-8", "8859/5", "ISO IR87",
+                            "GB 18030-2000", "KS X 1001", "EBCDIC", "8859/15", "UNICODE UTF-16",
+                            "\\", "8859/1~UNICODE UTF-8", "X" * 300])
+CODECS = st.sampled_from(["latin-1", "utf-8", "cp1252", "utf-16", "shift_jis", "iso8859-5"])
+TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+ESCAPES = st.sampled_from(["\\F\\", "\\S\\", "\\T\\", "\\R\\", "\\E\\", "\\X41\\", "\\X\\",
+                           "\\XZZ\\", "\\X4\\", "\\.br\\", "\\H\\", "\\N\\", "\\", "\\Q\\",
+                           "\\Cxxyy\\", "\\Mxxyyzz\\", "\\Zabc\\", "\\.sp5\\", "\\.in+4\\"])
+
+
+@st.composite
+def random_message(draw) -> bytes:
+    field, comp, rep, esc, sub = draw(SEPARATORS)
+    msg_type = draw(st.sampled_from(["ORM^O01", "ORM^O01^ORM_O01", "OMI^O23", "ADT^A08",
+                                     "ORM", "^O01", "", "ORM^O01^X^Y^Z", "\\F\\", "ZZZ^Z99"]))
+    msg_type = msg_type.replace("^", comp)
+    version = draw(st.sampled_from(["2.3.1", "2.5.1", "2.2", "9.9", "", "2.3.1^x"]))
+    header = [f"MSH{field}{comp}{rep}{esc}{sub}", "RIS", "HOSP", "BRIDGE", "", "", "",
+              msg_type, draw(st.text(max_size=20)).replace(field, ""), "P", version,
+              "", "", "", "", "", draw(CHARSETS)]
+    segments = [field.join(header)]
+    for _ in range(draw(st.integers(0, 8))):
+        name = draw(st.sampled_from(["PID", "PV1", "ORC", "OBR", "ZDS", "NTE", "OBX", "IPC",
+                                     "TQ1", "MSH", "XYZ", "", "P", "PIDPID", "ORC1"]))
+        fields = draw(st.lists(st.one_of(TEXT, ESCAPES,
+                                         st.builds(lambda a, b: a + comp + b, TEXT, TEXT),
+                                         st.builds(lambda a, b: a + rep + b, TEXT, TEXT),
+                                         st.just(""), st.just(comp * 30)), max_size=45))
+        segments.append(field.join([name, *fields]))
+    sep = draw(st.sampled_from(["\r", "\n", "\r\n"]))
+    text = sep.join(segments)
+    codec = draw(CODECS)
+    return text.encode(codec, errors="replace")
+
+
+@SETTINGS
+@given(message=random_message().filter(framable))
+def test_random_segments_separators_escapes_and_charsets(bridge, message):
+    check(bridge, message)
+
+
+@SETTINGS
+@given(message=random_message().filter(framable), n=st.integers(2, 4))
+def test_several_hostile_messages_on_one_connection(bridge, message, n):
+    with RawClient(bridge.port) as client:
+        client.send(frame(message) * n)
+        for _ in range(n):
+            ack = client.read_ack()
+            assert ack is not None
+            assert err_code(ack) != INTERNAL_ERROR, ack
+
+
+@pytest.mark.parametrize("shape", ["segments", "field", "components", "repetitions",
+                                   "escapes", "orders"])
+def test_pathological_messages_within_the_size_limit(bridge, shape):
+    """Near the 1 MB default limit, built to make parsing and mapping work hard."""
+    base = with_control_id(fixture_message(), f"BIG-{shape}")
+    head, _, rest = base.partition(b"\rORC|")
+    grow = {
+        "segments": lambda: base + b"NTE|1|x\r" * 100_000,
+        "field": lambda: base.replace(b"DOE^J1", b"D" * 900_000),
+        "components": lambda: base.replace(b"DOE^J1", b"^" * 400_000),
+        "repetitions": lambda: base.replace(b"DOE^J1", b"~" * 400_000),
+        "escapes": lambda: base.replace(b"DOE^J1", b"\\X41\\" * 150_000),
+        "orders": lambda: head + b"".join(
+            b"\rORC|" + rest.rstrip(b"\r").replace(b"A103Z", b"A%dZ" % i)
+            for i in range(1500)) + b"\r",
+    }
+    message = grow[shape]()
+    assert len(message) < 1_048_576
+    assert msa(answer(bridge, message))[0] in ("AA", "AE")
+    assert msa(answer(bridge, with_control_id(fixture_message(), f"AFTER-{shape}")))[0] \
+        == "AA"
+
+
+def test_still_serving_after_the_abuse(bridge):
+    assert msa(answer(bridge, fixture_message()))[0] == "AA"
