@@ -96,7 +96,7 @@ def _check_sps(tags: dict) -> None:
     hint = "  Use 'Force': true to bypass this check."
     if not isinstance(sps, list) or not sps:
         raise _BadRequest(400, {"Details": "'Tags' is missing a "
-                                           f"'ScheduledProcedureStepSequence'. {hint}",
+                                           f"'ScheduledProcedureStepSequence'.{hint}",
                                 **_BAD_FORMAT})
     for field in ("Modality", "ScheduledProcedureStepStartDate"):
         if field not in sps[0]:
@@ -153,7 +153,7 @@ class OrthancDouble:
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True,
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True,
                                         name=f"orthanc-double-{self.port}")
         self._thread.start()
 
@@ -197,6 +197,9 @@ class OrthancDouble:
 
             def setup(self) -> None:
                 super().setup()
+                # Headers and body go out in two writes: without this, Nagle's algorithm
+                # and the client's delayed ACK add 40 ms to every answer.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with double.lock:
                     double._connections.add(self.connection)
 
