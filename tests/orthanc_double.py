@@ -18,7 +18,8 @@ DeleteWorklistsOnStableStudy waits for StableAge and the housekeeper (recording 
 
 Faults, for tests: `refuse()` closes the port (connections refused) and drops the open
 connections until `accept()`; `fail_with(status)` answers every request with that error;
-`delay` seconds are waited before each answer.
+`delay` seconds are waited before each answer. With `tls` (a server SSLContext) it serves
+HTTPS, as Orthanc does with SslEnabled.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import itertools
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -122,7 +124,8 @@ def _short(tags: dict, full: bool) -> dict:
 class OrthancDouble:
     """Run with ``with OrthancDouble() as orthanc:``; `orthanc.url` is its base URL."""
 
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, tls: ssl.SSLContext | None = None):
+        self.tls = tls
         self.items: dict[str, dict] = {}  # ID -> Tags (keywords), in creation order
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) answered
         self.delay = 0.0
@@ -145,12 +148,14 @@ class OrthancDouble:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def accept(self) -> None:
         """Listen (again, on the same port): Orthanc is up, with the items it had."""
         server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
         server.daemon_threads = True
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from orthanc_double import OrthancDouble
+from peers import missing_peer
 
 from bridge.config import ConfigError, OrthancSinkConfig, load_config
 from bridge.outbox import OutboxWorker
@@ -313,6 +317,46 @@ async def test_authentication(orthanc: OrthancDouble, store: AsyncStore, cfg: di
     assert list(orthanc.items) == [sink.remote_id(KEY)]
     await anonymous.aclose()
     await sink.aclose()
+
+
+def make_ca_and_server_cert(folder: Path) -> tuple[Path, ssl.SSLContext]:
+    """A throw-away CA and a certificate for 127.0.0.1 signed by it (openssl CLI)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        missing_peer("openssl not found: the TLS test needs it to make certificates")
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=folder)
+
+    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=bridge test CA")
+    run("req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "san.ext")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(folder / "server.pem", folder / "server.key")
+    return folder / "ca.pem", server
+
+
+async def test_tls_verification(tmp_path: Path, store: AsyncStore) -> None:
+    ca, server_context = make_ca_and_server_cert(tmp_path)
+    await commit(store, KEY, ITEM)
+    item = await store.run(store.store.item, KEY)
+    with OrthancDouble(tls=server_context) as orthanc:
+        assert orthanc.url.startswith("https://")
+        # The system CAs do not know this one: Orthanc is unreachable, not the item wrong.
+        system = make_sink(orthanc, store)
+        with pytest.raises(SinkUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            await system.put(item)
+        trusted = make_sink(orthanc, store, ca_bundle=ca)
+        await trusted.put(item)
+        unchecked = make_sink(orthanc, store, verify_tls=False)
+        await unchecked.remove(item)
+        assert orthanc.items == {} and orthanc.count("PUT") == 1
+        for sink in (system, trusted, unchecked):
+            await sink.aclose()
 
 
 async def test_resync_creates_missing_deletes_owned_extras_leaves_others(
