@@ -294,7 +294,6 @@ class Store:
                                   "SELECT ?, item_key, ? FROM items", (sink, now))
         return cur.rowcount
 
-
     def outbox_enqueue(self, sink: str, item_keys: Iterable[str]) -> int:
         """Queue these items for `sink` again (a targeted resync)."""
         now = time.time()
@@ -334,10 +333,6 @@ class Store:
         row = self.db.execute("SELECT * FROM sink_state WHERE sink = ? AND item_key = ?",
                               (sink, item_key)).fetchone()
         return SinkState(**_sink_state(row)) if row else None
-
-    def sink_states(self, sink: str) -> dict[str, SinkState]:
-        rows = self.db.execute("SELECT * FROM sink_state WHERE sink = ?", (sink,)).fetchall()
-        return {r["item_key"]: SinkState(**_sink_state(r)) for r in rows}
 
     def sink_states_of_item(self, item_key: str) -> list[SinkState]:
         rows = self.db.execute("SELECT * FROM sink_state WHERE item_key = ?",
