@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from bridge.app import build_sinks, outbox_options
 from bridge.config import Config
 from bridge.outbox import OutboxWorker
-from bridge.sinks import Sink
+from bridge.sinks import Sink, SinkUnavailable
 from bridge.sinks.folder import FolderSink
 from bridge.sinks.orthanc import OrthancSink
 from bridge.store import AsyncStore, Store
@@ -72,6 +72,8 @@ async def resync(config: Config, names: list[str] | None = None,
         for sink in chosen:
             try:
                 results.append(await _resync_one(config, store, sink, deliver))
+            except SinkUnavailable as exc:
+                raise ResyncError(f"{sink.name}: unreachable: {exc}") from exc
             finally:
                 close = getattr(sink, "aclose", None)
                 if close is not None:
