@@ -91,7 +91,10 @@ def http_client(cfg: OrthancSinkConfig, transport: httpx.AsyncBaseTransport | No
         verify = ssl.create_default_context(cafile=str(cfg.ca_bundle))
     return httpx.AsyncClient(
         base_url=cfg.url.rstrip("/"), headers=headers, auth=auth, verify=verify,
-        timeout=httpx.Timeout(cfg.timeout, connect=cfg.connect_timeout), transport=transport)
+        timeout=httpx.Timeout(cfg.timeout, connect=cfg.connect_timeout),
+        # Orthanc closes a connection idle for 1 s ("Keep-Alive: timeout=1", recording 06):
+        # reusing one that old races with its close.
+        limits=httpx.Limits(keepalive_expiry=0.5), transport=transport)
 
 
 class OrthancClient:
@@ -137,7 +140,12 @@ class OrthancClient:
 
     async def _request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         try:
-            r = await self.http.request(method, path, **kwargs)  # type: ignore[arg-type]
+            try:
+                r = await self.http.request(method, path, **kwargs)  # type: ignore[arg-type]
+            except httpx.RemoteProtocolError:
+                # A kept-alive connection closed by Orthanc as we sent on it: every call here
+                # is idempotent, so once more on a new connection.
+                r = await self.http.request(method, path, **kwargs)  # type: ignore[arg-type]
         except httpx.TransportError as exc:
             # Refused, reset, timed out: nothing about the item, so the sink waits.
             raise SinkUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
