@@ -136,6 +136,9 @@ class OrthancDouble:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        # Bound, not listening, while refusing: connections are refused, yet the port stays
+        # ours (the OS hands a bound port to no one else asking for a free one).
+        self._placeholder: socket.socket | None = None
 
     # --- lifecycle and faults ------------------------------------------------------------
 
@@ -145,6 +148,9 @@ class OrthancDouble:
 
     def __exit__(self, *exc: object) -> None:
         self.refuse()
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
 
     @property
     def url(self) -> str:
@@ -152,6 +158,9 @@ class OrthancDouble:
 
     def accept(self) -> None:
         """Listen (again, on the same port): Orthanc is up, with the items it had."""
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
         server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
         server.daemon_threads = True
         if self.tls is not None:
@@ -173,6 +182,10 @@ class OrthancDouble:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
         self._server = None
+        placeholder = socket.socket()
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        placeholder.bind(("127.0.0.1", self.port))
+        self._placeholder = placeholder
 
     def fail_with(self, status: int | None) -> None:
         self.fail_status = status
