@@ -268,6 +268,7 @@ def test_item_removed_by_orthanc_stays_removed_and_resync(tmp_path: Path,
         asyncio.run(send(bridge.mllp_port, [orm(f"M{o.n}", o, "NW", "SC", o.versions[0])
                                             for o in (a, c)]))
         wait_for(lambda: len(orthanc.items) == 2)
+        log_so_far = bridge.log
         [gone] = orthanc.study_arrived(f"PAT{a.n:05d}", a.study_uid)
         change = {"name": "Late^Change", "start": "20250501120000",
                   "procedure": PROCEDURES[0]}
@@ -279,17 +280,19 @@ def test_item_removed_by_orthanc_stays_removed_and_resync(tmp_path: Path,
         asyncio.run(send(bridge.mllp_port, [orm("M902", b, "NW", "SC", b.versions[0])]))
         wait_for(lambda: "giving up: dead" in bridge.log())
         orthanc.fail_with(None)
-    assert gone not in orthanc.items and orthanc.count("PUT", f"/worklists/{gone}") == 1
+    log = log_so_far()
+    assert gone not in orthanc.items, log
+    assert orthanc.count("PUT", f"/worklists/{gone}") == 1, (orthanc.requests, log)
     store = Store(db)
     a_state, b_state = ({s.sink: s for s in store.outbox_state(
         f"PLC{o.n:05d}^RIS|RP{o.n:05d}|SPS{o.n:05d}")}["orthanc"] for o in (a, b))
     folder_b = {s.sink: s for s in store.outbox_state(
         f"PLC{b.n:05d}^RIS|RP{b.n:05d}|SPS{b.n:05d}")}["folder"]
     store.close()
-    assert folder_b.state == "done"  # the folder sink has its own rows, unaffected
-    assert (a_state.state, a_state.removed_by_sink) == ("done", True)
-    assert (b_state.state, b_state.attempts) == ("dead", 3)
-    assert "HTTP 500" in (b_state.last_error or "")
+    assert folder_b.state == "done", log  # the folder sink has its own rows, unaffected
+    assert (a_state.state, a_state.removed_by_sink) == ("done", True), (a_state, log)
+    assert (b_state.state, b_state.attempts) == ("dead", 3), (b_state, log)
+    assert "HTTP 500" in (b_state.last_error or ""), b_state
     # Drift: another program's item, and a stray item under the bridge's ID scheme.
     orthanc.items["external-ct"] = {"PatientID": "PID-0001"}
     stray = "hl7wb-" + "0" * 8 + "-0000-5000-8000-" + "0" * 12
@@ -298,10 +301,11 @@ def test_item_removed_by_orthanc_stays_removed_and_resync(tmp_path: Path,
         [sys.executable, "-m", "bridge", "resync", "--sink", "orthanc", "--config",
          str(ROOT / "config.yaml")],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        env=bridge_env(**overrides))
+        env=bridge_env(BRIDGE_DATA_DIR=str(tmp_path / "data"), **overrides))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "orthanc: 1 extra item(s) deleted" in result.stdout
     assert "1 item(s) of other programs left alone" in result.stdout
     # b delivered at last, c untouched, a still gone, the foreign item kept, the stray not.
     accessions = sorted(t.get("AccessionNumber", i) for i, t in orthanc.items.items())
-    assert accessions == sorted([b.accession, c.accession, "external-ct"])
+    assert accessions == sorted([b.accession, c.accession, "external-ct"]), \
+        (result.stdout, result.stderr)
