@@ -267,18 +267,18 @@ def test_item_removed_by_orthanc_stays_removed_and_resync(tmp_path: Path,
     with run_bridge(tmp_path / "bridge", overrides) as bridge:
         asyncio.run(send(bridge.mllp_port, [orm(f"M{o.n}", o, "NW", "SC", o.versions[0])
                                             for o in (a, c)]))
-        wait_for(lambda: len(orthanc.items) == 2)
+        wait_for(lambda: len(orthanc.items) == 2, timeout=30)
         log_so_far = bridge.log
         [gone] = orthanc.study_arrived(f"PAT{a.n:05d}", a.study_uid)
         change = {"name": "Late^Change", "start": "20250501120000",
                   "procedure": PROCEDURES[0]}
         asyncio.run(send(bridge.mllp_port, [orm("LATE-XO", a, "XO", "SC", change)]))
         # The bridge asks Orthanc for the item, finds it gone, and records that.
-        wait_for(lambda: "removed by Orthanc itself" in bridge.log())
+        wait_for(lambda: "removed by Orthanc itself" in bridge.log(), timeout=30)
         # b meets an Orthanc that answers 500: three attempts, then dead.
         orthanc.fail_with(500)
         asyncio.run(send(bridge.mllp_port, [orm("M902", b, "NW", "SC", b.versions[0])]))
-        wait_for(lambda: "giving up: dead" in bridge.log())
+        wait_for(lambda: "giving up: dead" in bridge.log(), timeout=30)
         orthanc.fail_with(None)
     log = log_so_far()
     assert gone not in orthanc.items, log
