@@ -17,6 +17,10 @@ from bridge.store import AsyncStore
 
 log = logging.getLogger(__name__)
 
+# While a sink is unreachable it is probed at most this far apart, whatever max_backoff says:
+# a probe costs one request, and a sink that is back should be fed within half a minute.
+MAX_PROBE_INTERVAL = 30.0
+
 
 class OutboxWorker:
     def __init__(self, sink: Sink, store: AsyncStore, *, max_attempts: int = 20,
@@ -54,7 +58,8 @@ class OutboxWorker:
                 log.exception("outbox %s: unexpected error", self.sink.name)
                 busy = False
             if self.outage is not None:
-                await asyncio.sleep(self._backoff(self._outage_probes))
+                await asyncio.sleep(min(MAX_PROBE_INTERVAL,
+                                        self._backoff(self._outage_probes)))
                 continue
             if not busy:
                 self.wakeup.clear()
