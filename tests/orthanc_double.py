@@ -18,8 +18,10 @@ DeleteWorklistsOnStableStudy waits for StableAge and the housekeeper (recording 
 
 Faults, for tests: `refuse()` closes the port (connections refused) and drops the open
 connections until `accept()`; `fail_with(status)` answers every request with that error;
-`delay` seconds are waited before each answer. With `tls` (a server SSLContext) it serves
-HTTPS, as Orthanc does with SslEnabled.
+`delay` seconds are waited before each answer; `plugin = False` answers every /worklists
+URI with a bare 404, as an Orthanc without the worklists plugin would (not in the
+recordings). With `tls` (a server SSLContext) it serves HTTPS, as Orthanc does with
+SslEnabled.
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class OrthancDouble:
         self.delay = 0.0
         self.fail_status: int | None = None
         self.require_headers: dict[str, str] | None = None
+        self.plugin = True
         self.lock = threading.Lock()
         self.port = port
         self._server: ThreadingHTTPServer | None = None
@@ -256,6 +259,9 @@ class OrthancDouble:
             # Orthanc with AuthenticationEnabled (not in the recordings).
             self._send(h, method, path, 401, b"",
                        {"WWW-Authenticate": 'Basic realm="Orthanc Secure Area"'})
+            return
+        if not self.plugin:
+            self._send(h, method, path, 404, b"", {})  # not in the recordings
             return
         if self.fail_status is not None:
             # Orthanc's shape of an internal error (not in the recordings).

@@ -289,6 +289,35 @@ async def test_refused_items_are_retried_then_dead(orthanc: OrthancDouble,
     await sink.aclose()
 
 
+async def test_a_404_from_elsewhere_than_the_plugin_is_not_a_removal(
+        orthanc: OrthancDouble, store: AsyncStore) -> None:
+    sink = make_sink(orthanc, store)
+    await commit(store, KEY, ITEM)
+    item = await store.run(store.store.item, KEY)
+    await sink.put(item)
+    orthanc.plugin = False  # Orthanc restarted without the worklists plugin, say
+    with pytest.raises(SinkUnavailable, match="is the worklists plugin enabled"):
+        await sink.put(item)  # GET 404, but not "Worklist not found"
+    state = await store.run(store.store.sink_state, "orthanc", KEY)
+    assert state is not None and state.removed_at is None and state.delivered
+    other = KEY + "-new"
+    await commit(store, other, ITEM)
+    with pytest.raises(SinkUnavailable, match="no /worklists API"):
+        await sink.put(await store.run(store.store.item, other))  # PUT 404
+    await sink.aclose()
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_a_proxy_saying_orthanc_is_down_is_an_outage(
+        orthanc: OrthancDouble, store: AsyncStore, status: int) -> None:
+    sink = make_sink(orthanc, store)
+    await commit(store, KEY, ITEM)
+    orthanc.fail_with(status)
+    with pytest.raises(SinkUnavailable, match=f"HTTP {status} from a proxy"):
+        await sink.put(await store.run(store.store.item, KEY))
+    await sink.aclose()
+
+
 async def test_unknown_tag_is_the_items_failure(orthanc: OrthancDouble,
                                                 store: AsyncStore) -> None:
     sink = make_sink(orthanc, store)
