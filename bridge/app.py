@@ -17,6 +17,7 @@ from bridge.outbox import OutboxWorker
 from bridge.processor import Processor
 from bridge.sinks import Sink
 from bridge.sinks.folder import FolderSink
+from bridge.sinks.orthanc import OrthancSink
 from bridge.store import AsyncStore, ItemWrite, Store
 from bridge.tls import server_context
 from bridge.validate import warm_up
@@ -24,24 +25,35 @@ from bridge.validate import warm_up
 log = logging.getLogger(__name__)
 
 
-def build_sinks(config: Config) -> list[Sink]:
+def build_sinks(config: Config, store: AsyncStore) -> list[Sink]:
     sinks: list[Sink] = []
     folder = config.sinks.folder
     if folder.enabled:
         sinks.append(FolderSink(config.folder_path, folder.layout, folder.lockfile))
     if config.sinks.orthanc.enabled:
-        raise NotImplementedError("sinks.orthanc is not implemented yet; set "
-                                  "sinks.orthanc.enabled: false")
+        sinks.append(OrthancSink(config.sinks.orthanc, store))
     return sinks
+
+
+def outbox_options(config: Config, sink: Sink) -> dict[str, float]:
+    """The retry settings of a sink's outbox worker (the worker's defaults otherwise)."""
+    if sink.name == "orthanc":
+        o = config.sinks.orthanc
+        return {"max_attempts": o.max_attempts, "min_backoff": o.min_backoff,
+                "max_backoff": o.max_backoff}
+    return {}
 
 
 class Bridge:
     def __init__(self, config: Config):
         self.config = config
         self.profiles = load_profiles(config.mappings.dir)  # MappingError stops start-up
-        self.sinks = build_sinks(config)
-        self.store = AsyncStore(Store(config.store_path, [s.name for s in self.sinks]))
-        self.workers = [OutboxWorker(s, self.store) for s in self.sinks]
+        # The store first: the Orthanc sink keeps what it delivered in it.
+        self.store = AsyncStore(Store(config.store_path))
+        self.sinks = build_sinks(config, self.store)
+        self.store.store.sinks = [s.name for s in self.sinks]
+        self.workers = [OutboxWorker(s, self.store, **outbox_options(config, s))
+                        for s in self.sinks]
         # Called with the item writes of every commit (the SCP's index subscribes here).
         self.change_listeners: list[Callable[[Sequence[ItemWrite]], None]] = []
         self.processor = Processor(config, self.profiles, self.store, self._committed)
@@ -129,6 +141,10 @@ class Bridge:
         await self.housekeeper.stop()
         for w in self.workers:
             await w.stop()
+        for sink in self.sinks:
+            close = getattr(sink, "aclose", None)  # sinks holding connections close them
+            if close is not None:
+                await close()
         self.store.close()
 
 

@@ -192,6 +192,22 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _resync(args: argparse.Namespace) -> int:
+    from bridge.resync import ResyncError, resync
+
+    config = load_config(args.config)
+    logging.basicConfig(level=config.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        results = asyncio.run(resync(config, args.sink, deliver=not args.no_deliver))
+    except ResyncError as exc:
+        print(f"resync: {exc}", file=sys.stderr)
+        return 2
+    for result in results:
+        print(result.summary())
+    return 1 if any(r.pending for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hl7-worklist-bridge",
@@ -251,6 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-charset", default="8859/1",
                    help="HL7 character set when MSH-18 is empty (default 8859/1)")
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser("resync", help="make the sinks (Orthanc, the .wl folder) match the "
+                                      "store; run it with the bridge stopped")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"),
+                   help="configuration file (default: ./config.yaml)")
+    p.add_argument("--sink", choices=["orthanc", "folder"], action="append",
+                   help="only this sink (repeatable; default: every enabled sink)")
+    p.add_argument("--no-deliver", action="store_true",
+                   help="only delete extra items and queue the rest: for a running bridge, "
+                        "whose outbox then delivers them")
+    p.set_defaults(func=_resync)
     return parser
 
 

@@ -111,6 +111,34 @@ class FolderSinkConfig(_Section):
 class OrthancSinkConfig(_Section):
     enabled: bool = False
     url: str = "http://127.0.0.1:8042"
+    # Authentication: HTTP basic (Orthanc's RegisteredUsers) when `username` is set, a bearer
+    # token (`Authorization: Bearer ...`), and/or extra headers such as an API key that a
+    # reverse proxy or Orthanc's authorization plugin checks.
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+    headers: dict[str, str] = {}
+    # TLS: verify the server certificate (against `ca_bundle` when set, else the system CAs).
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+    connect_timeout: float = Field(5.0, gt=0)
+    timeout: float = Field(30.0, gt=0)  # a whole request, once connected
+    # Worklist IDs are <id_prefix><uuid5 of the item key>: resync deletes only IDs with
+    # this prefix, so items other programs created in Orthanc are left alone.
+    id_prefix: str = Field("hl7wb-", pattern=r"^[A-Za-z0-9_.-]*$")
+    # Delivery: an item Orthanc refuses is retried with exponential backoff between
+    # `min_backoff` and `max_backoff` seconds, and marked dead after `max_attempts`.
+    # While Orthanc cannot be reached at all, no item is charged an attempt.
+    max_attempts: int = Field(20, ge=1)
+    min_backoff: float = Field(2.0, gt=0)
+    max_backoff: float = Field(300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> OrthancSinkConfig:
+        if self.username and self.token:
+            raise ValueError("set username/password or token, not both (both would send an "
+                             "Authorization header)")
+        return self
 
 
 class SinksConfig(_Section):
@@ -193,6 +221,7 @@ class Config(_Section):
         tls = self.mllp.tls
         tls.certfile, tls.keyfile, tls.ca_file = (rel(tls.certfile), rel(tls.keyfile),
                                                   rel(tls.ca_file))
+        self.sinks.orthanc.ca_bundle = rel(self.sinks.orthanc.ca_bundle)
         return self
 
 

@@ -91,6 +91,14 @@ def file_name(item_key: str) -> str:
     return f"{readable}_{digest}.wl" if readable else f"{digest}.wl"
 
 
+# The names file_name() makes, and only those: what `resync` may delete as the bridge's own.
+_ITEM_FILE = re.compile(r"^(?:[A-Za-z0-9_-]{1,48}_)?[0-9a-f]{16}\.wl$")
+
+
+def is_item_file_name(name: str) -> bool:
+    return bool(_ITEM_FILE.match(name))
+
+
 def safe_folder_name(name: str) -> str:
     """A station AE title as a folder name (AE titles may hold spaces and odd characters)."""
     cleaned = _UNSAFE.sub("_", name.strip()).strip("_")[:16]

@@ -127,14 +127,21 @@ def worklist_show(store: Store, item_key: str) -> str | None:
     lines = [f"item {item.item_key}", f"order {item.order_key}",
              f"status {item.status} ({'on' if item.visible else 'off'} the worklist), "
              f"updated {_when(item.updated_at)}"]
-    for sink in store.sinks:
-        rows = [r for r in delivery if r["sink"] == sink]
-        if not rows:
-            lines.append(f"sink {sink}: delivered")
-        for r in rows:
-            state = "dead letter (no more retries)" if r["state"] == "dead" else "pending"
-            lines.append(f"sink {sink}: {state}, {r['attempts']} failed attempts"
-                         + (f", last error: {r['last_error']}" if r["last_error"] else ""))
+    for d in delivery:
+        if d.removed_by_sink:
+            state = "removed by the sink itself (not recreated)"
+        elif d.state == "dead":
+            state = "dead letter (no more retries until the next change or a resync)"
+        else:
+            state = {"done": "delivered", "pending": "pending"}.get(d.state, d.state)
+        text = f"sink {d.sink}: {state}"
+        if d.attempts:
+            text += f", {d.attempts} failed attempts"
+        if d.last_error and d.state != "done":
+            text += f", last error: {d.last_error}"
+        if d.remote_id:
+            text += f", id {d.remote_id}"
+        lines.append(text)
     lines.append(json.dumps(item.dataset, indent=2, ensure_ascii=False))
     return "\n".join(lines)
 

@@ -2,6 +2,8 @@
 
 A row in the outbox says "this item changed"; the worker sends the item's current state
 (put when visible, remove otherwise), so retries and restarts converge on the store.
+When the sink raises SinkUnavailable, the worker pauses the whole sink with backoff and
+charges no item an attempt: an outage of any length loses nothing and kills nothing.
 """
 
 from __future__ import annotations
@@ -10,20 +12,29 @@ import asyncio
 import contextlib
 import logging
 
-from bridge.sinks import Sink
+from bridge.sinks import Sink, SinkUnavailable
 from bridge.store import AsyncStore
 
 log = logging.getLogger(__name__)
 
+# While a sink is unreachable it is probed at most this far apart, whatever max_backoff says:
+# a probe costs one request, and a sink that is back should be fed within half a minute.
+MAX_PROBE_INTERVAL = 30.0
+
 
 class OutboxWorker:
     def __init__(self, sink: Sink, store: AsyncStore, *, max_attempts: int = 20,
-                 max_backoff: float = 300.0, poll_interval: float = 1.0):
+                 max_backoff: float = 300.0, poll_interval: float = 1.0,
+                 min_backoff: float = 2.0):
         self.sink = sink
         self.store = store
         self.max_attempts = max_attempts
         self.max_backoff = max_backoff
         self.poll_interval = poll_interval
+        self.min_backoff = min_backoff
+        # Why the sink cannot be reached, while it cannot; and how many probes failed.
+        self.outage: str | None = None
+        self._outage_probes = 0
         self.wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -46,6 +57,10 @@ class OutboxWorker:
             except Exception:
                 log.exception("outbox %s: unexpected error", self.sink.name)
                 busy = False
+            if self.outage is not None:
+                await asyncio.sleep(min(MAX_PROBE_INTERVAL,
+                                        self._backoff(self._outage_probes)))
+                continue
             if not busy:
                 self.wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -62,14 +77,35 @@ class OutboxWorker:
                     await self.sink.put(item)
                 elif item is not None:
                     await self.sink.remove(item)
+            except SinkUnavailable as exc:
+                self._outage_probes += 1
+                if self.outage is None:
+                    log.warning("outbox %s: sink unreachable, deliveries paused: %s",
+                                self.sink.name, exc)
+                self.outage = str(exc)
+                return True
             except Exception as exc:
+                self._sink_reached()
                 attempts = row.attempts + 1
                 dead = attempts >= self.max_attempts
-                delay = min(self.max_backoff, 2.0 ** min(attempts, 16))
-                log.warning("outbox %s: %s failed (attempt %d%s): %s", self.sink.name,
-                            row.item_key, attempts, ", giving up" if dead else "", exc)
+                delay = self._backoff(attempts)
+                # A dead item waits for its next change or a resync: an error, not a warning.
+                log.log(logging.ERROR if dead else logging.WARNING,
+                        "outbox %s: %s failed (attempt %d%s): %s", self.sink.name,
+                        row.item_key, attempts, ", giving up: dead" if dead else "", exc)
                 await self.store.run(db.outbox_retry, self.sink.name, row.item_key, str(exc),
                                      delay, dead)
                 continue
+            self._sink_reached()
             await self.store.run(db.outbox_done, self.sink.name, row.item_key, row.id)
         return bool(rows)
+
+    def _backoff(self, attempts: int) -> float:
+        return min(self.max_backoff, self.min_backoff * 2.0 ** min(max(attempts - 1, 0), 16))
+
+    def _sink_reached(self) -> None:
+        if self.outage is not None:
+            log.warning("outbox %s: sink reachable again after %d failed probe(s)",
+                        self.sink.name, self._outage_probes)
+        self.outage = None
+        self._outage_probes = 0

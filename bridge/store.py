@@ -68,6 +68,20 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, state, id);
 """
 
+# What a remote sink (Orthanc) is known to hold, per item: whether the bridge has delivered
+# the item there, and whether the sink removed it by itself (Orthanc's
+# DeleteWorklistsOnStableStudy), in which case the bridge must never recreate it.
+SINK_STATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sink_state (
+    sink        TEXT NOT NULL,
+    item_key    TEXT NOT NULL,
+    remote_id   TEXT NOT NULL,
+    delivered   INTEGER NOT NULL DEFAULT 0,  -- the sink holds our last put (1) or nothing (0)
+    removed_at  REAL,                        -- the sink removed the item by itself, then
+    PRIMARY KEY (sink, item_key)
+);
+"""
+
 
 @dataclass
 class StoredItem:
@@ -123,6 +137,27 @@ def _sps_start(dataset: dict) -> str:
     return (date + time_.ljust(6, "0"))[:14] if date else ""
 
 
+@dataclass
+class OutboxState:
+    """Where one item stands with one sink (for `worklist show` and the logs)."""
+
+    sink: str
+    state: str  # pending | done | dead
+    attempts: int  # failed attempts of the pending (or dead) change
+    last_error: str | None
+    remote_id: str | None = None  # the item's ID in the sink, for sinks that keep one
+    removed_by_sink: bool = False  # the sink removed it by itself; it will not be recreated
+
+
+@dataclass
+class SinkState:
+    sink: str
+    item_key: str
+    remote_id: str
+    delivered: bool
+    removed_at: float | None
+
+
 def _item(row: sqlite3.Row) -> StoredItem:
     return StoredItem(row["item_key"], row["order_key"], row["status"], bool(row["visible"]),
                       json.loads(row["dataset"]), row["patient_id"], row["updated_at"])
@@ -141,6 +176,7 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
+        self.db.executescript(SINK_STATE_SCHEMA)
 
     def close(self) -> None:
         self.db.close()
@@ -326,14 +362,6 @@ class Store:
                               "state = 'pending'", (sink,)).fetchone()
         return int(row[0])
 
-    def outbox_state(self, item_key: str) -> list[dict]:
-        """Undelivered outbox rows of an item, per sink and state (pending or dead)."""
-        rows = self.db.execute(
-            "SELECT sink, state, MAX(attempts) AS attempts, MAX(last_error) AS last_error, "
-            "COUNT(*) AS n FROM outbox WHERE item_key = ? AND state != 'done' "
-            "GROUP BY sink, state", (item_key,)).fetchall()
-        return [dict(r) for r in rows]
-
     def enqueue_all(self, sink: str) -> int:
         """Queue every item for `sink` again (resync): the sink rewrites or removes each."""
         now = time.time()
@@ -341,6 +369,72 @@ class Store:
             cur = self.db.execute("INSERT INTO outbox (sink, item_key, created_at) "
                                   "SELECT ?, item_key, ? FROM items", (sink, now))
         return cur.rowcount
+
+    def outbox_enqueue(self, sink: str, item_keys: Iterable[str]) -> int:
+        """Queue these items for `sink` again (a targeted resync)."""
+        now = time.time()
+        with self._transaction():
+            cur = self.db.executemany(
+                "INSERT INTO outbox (sink, item_key, created_at) VALUES (?, ?, ?)",
+                [(sink, key, now) for key in item_keys])
+        return cur.rowcount
+
+    def outbox_state(self, item_key: str) -> list[OutboxState]:
+        """Per sink: the state of the item's latest change, its failed attempts and error.
+
+        Pending rows stand for one change (the worker sends the current state), so the item
+        is pending while any row is; otherwise it is what its newest row says.
+        """
+        rows = self.db.execute(
+            "SELECT sink, state, attempts, last_error FROM outbox WHERE item_key = ? "
+            "ORDER BY sink, id", (item_key,)).fetchall()
+        by_sink: dict[str, list[sqlite3.Row]] = {}
+        for r in rows:
+            by_sink.setdefault(r["sink"], []).append(r)
+        states = {s.sink: s for s in self.sink_states_of_item(item_key)}
+        out = []
+        for sink, sink_rows in by_sink.items():
+            pending = [r for r in sink_rows if r["state"] == "pending"]
+            worst = max(pending, key=lambda r: r["attempts"]) if pending else sink_rows[-1]
+            remote = states.get(sink)
+            out.append(OutboxState(
+                sink, "pending" if pending else worst["state"], worst["attempts"],
+                worst["last_error"], remote.remote_id if remote else None,
+                bool(remote and remote.removed_at is not None)))
+        return out
+
+    # --- remote sink state (Orthanc) -------------------------------------------------------
+
+    def sink_state(self, sink: str, item_key: str) -> SinkState | None:
+        row = self.db.execute("SELECT * FROM sink_state WHERE sink = ? AND item_key = ?",
+                              (sink, item_key)).fetchone()
+        return SinkState(**_sink_state(row)) if row else None
+
+    def sink_states_of_item(self, item_key: str) -> list[SinkState]:
+        rows = self.db.execute("SELECT * FROM sink_state WHERE item_key = ?",
+                               (item_key,)).fetchall()
+        return [SinkState(**_sink_state(r)) for r in rows]
+
+    def sink_delivered(self, sink: str, item_key: str, remote_id: str, delivered: bool) -> None:
+        """The sink now holds the item (after a put) or does not (after a remove)."""
+        self.db.execute(
+            "INSERT INTO sink_state (sink, item_key, remote_id, delivered) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (sink, item_key) DO UPDATE SET remote_id = excluded.remote_id, "
+            "delivered = excluded.delivered", (sink, item_key, remote_id, int(delivered)))
+
+    def sink_removed(self, sink: str, item_key: str, remote_id: str) -> None:
+        """The sink removed the item by itself: it stays removed."""
+        self.db.execute(
+            "INSERT INTO sink_state (sink, item_key, remote_id, delivered, removed_at) "
+            "VALUES (?, ?, ?, 0, ?) ON CONFLICT (sink, item_key) DO UPDATE SET "
+            "delivered = 0, removed_at = excluded.removed_at",
+            (sink, item_key, remote_id, time.time()))
+
+
+def _sink_state(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    d["delivered"] = bool(d["delivered"])
+    return d
 
 
 class _Transaction:

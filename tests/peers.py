@@ -90,6 +90,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 class BridgeProcess:
+    proc: subprocess.Popen | None = None  # the `serve` process, for tests that kill it
+
     def __init__(self, workdir: Path, mllp_port: int, config_path: Path, log_path: Path):
         self.workdir = workdir
         self.mllp_port = mllp_port
@@ -129,7 +131,9 @@ def run_bridge(workdir: Path, overrides: dict | None = None) -> Iterator[BridgeP
             cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, proc)
-        yield BridgeProcess(workdir, port, config, log_path)
+        bridge = BridgeProcess(workdir, port, config, log_path)
+        bridge.proc = proc
+        yield bridge
     finally:
         _stop(proc)
 

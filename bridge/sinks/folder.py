@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from bridge.dicomfile import file_name, part10_bytes, safe_folder_name
+from bridge.dicomfile import file_name, is_item_file_name, part10_bytes, safe_folder_name
 from bridge.store import StoredItem
 
 LOCKFILE = "lockfile"
@@ -90,6 +90,26 @@ class FolderSink:
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
                     _fsync_dir(folder)
+
+    def remove_strays(self, item_keys: set[str]) -> list[Path]:
+        """Delete the .wl files named as this bridge names them (dicomfile.file_name) that
+        belong to none of `item_keys` (resync); other programs' files stay."""
+        names = {file_name(k) for k in item_keys}
+        folders = [self.root] if self.layout == "flat" else \
+            [p for p in self.root.iterdir() if p.is_dir()]
+        removed = []
+        for folder in folders:
+            strays = [p for p in folder.glob("*.wl")
+                      if is_item_file_name(p.name) and p.name not in names]
+            if not strays:
+                continue
+            with self._locked(folder):
+                for path in strays:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    removed.append(path)
+                _fsync_dir(folder)
+        return removed
 
     @contextlib.contextmanager
     def _locked(self, folder: Path) -> Iterator[None]:
