@@ -70,35 +70,45 @@ class OutboxWorker:
         """Deliver what is due now; True when there was something to do."""
         db = self.store.store
         rows = await self.store.run(db.outbox_due, self.sink.name, 200)
-        for row in rows:
-            item = await self.store.run(db.item, row.item_key)
-            try:
-                if item is not None and item.visible:
-                    await self.sink.put(item)
-                elif item is not None:
-                    await self.sink.remove(item)
-            except SinkUnavailable as exc:
-                self._outage_probes += 1
-                if self.outage is None:
-                    log.warning("outbox %s: sink unreachable, deliveries paused: %s",
-                                self.sink.name, exc)
-                self.outage = str(exc)
-                return True
-            except Exception as exc:
+        if not rows:
+            return False
+        # One read for the batch and one transaction for its "done" marks: the store's
+        # thread is shared with the listener, whose commits must not queue behind ours.
+        items = await self.store.run(db.items_by_keys, [r.item_key for r in rows])
+        done: list[tuple[str, int]] = []
+        try:
+            for row in rows:
+                item = items.get(row.item_key)
+                try:
+                    if item is not None and item.visible:
+                        await self.sink.put(item)
+                    elif item is not None:
+                        await self.sink.remove(item)
+                except SinkUnavailable as exc:
+                    self._outage_probes += 1
+                    if self.outage is None:
+                        log.warning("outbox %s: sink unreachable, deliveries paused: %s",
+                                    self.sink.name, exc)
+                    self.outage = str(exc)
+                    return True
+                except Exception as exc:
+                    self._sink_reached()
+                    attempts = row.attempts + 1
+                    dead = attempts >= self.max_attempts
+                    delay = self._backoff(attempts)
+                    # A dead item waits for its next change or a resync: an error.
+                    log.log(logging.ERROR if dead else logging.WARNING,
+                            "outbox %s: %s failed (attempt %d%s): %s", self.sink.name,
+                            row.item_key, attempts, ", giving up: dead" if dead else "", exc)
+                    await self.store.run(db.outbox_retry, self.sink.name, row.item_key,
+                                         str(exc), delay, dead)
+                    continue
                 self._sink_reached()
-                attempts = row.attempts + 1
-                dead = attempts >= self.max_attempts
-                delay = self._backoff(attempts)
-                # A dead item waits for its next change or a resync: an error, not a warning.
-                log.log(logging.ERROR if dead else logging.WARNING,
-                        "outbox %s: %s failed (attempt %d%s): %s", self.sink.name,
-                        row.item_key, attempts, ", giving up: dead" if dead else "", exc)
-                await self.store.run(db.outbox_retry, self.sink.name, row.item_key, str(exc),
-                                     delay, dead)
-                continue
-            self._sink_reached()
-            await self.store.run(db.outbox_done, self.sink.name, row.item_key, row.id)
-        return bool(rows)
+                done.append((row.item_key, row.id))
+        finally:
+            if done:
+                await self.store.run(db.outbox_done_many, self.sink.name, done)
+        return True
 
     def _backoff(self, attempts: int) -> float:
         return min(self.max_backoff, self.min_backoff * 2.0 ** min(max(attempts - 1, 0), 16))

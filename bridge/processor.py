@@ -18,6 +18,7 @@ from bridge.config import Config
 from bridge.decoding import DecodeError, UnknownCharset, decode
 from bridge.lifecycle import (
     MOVE_EVENTS,
+    Action,
     Effect,
     OrderControl,
     UnknownOrder,
@@ -26,12 +27,18 @@ from bridge.lifecycle import (
     plan,
 )
 from bridge.logprivacy import exception_text
-from bridge.mapping.engine import NoProfile, apply_profile, select_profile
+from bridge.mapping.engine import (
+    MappedMessage,
+    MappedOrder,
+    NoProfile,
+    apply_profile,
+    select_profile,
+)
 from bridge.mapping.loader import Profile
 from bridge.mapping.patient import PatientProfile, apply_patient_profile
 from bridge.mapping.rules import MappingFieldError
 from bridge.message import Message
-from bridge.store import AsyncStore, ItemWrite
+from bridge.store import AsyncStore, ItemWrite, StoredItem
 from bridge.validate import strict_for, structure_error
 
 log = logging.getLogger(__name__)
@@ -79,32 +86,52 @@ class Processor:
             profile = self._select(msg, header)
             if profile.charset:
                 msg = Message(decode(raw, override=profile.charset, detect_utf8=False))
-            previous = await self.store.run(self.store.store.previous_ack,
-                                            header["sender"], header["control_id"]) \
-                if header.get("control_id") else None
-            if previous is not None:
-                code, ack = previous
-                await self.store.run(self.store.store.journal_duplicate, journal_id, header,
-                                     code, ack)
-                log.info("journal %d: duplicate of %s control ID %s, same ACK sent again",
-                         journal_id, header["sender"], header["control_id"])
-                return Outcome(ack, code, journal_id)
             if isinstance(profile, PatientProfile):
+                previous = await self._previous(header)
+                if previous is not None:
+                    return await self._duplicate(journal_id, header, previous)
                 writes, warnings = await self._patient_writes(msg, profile), []
             else:
-                writes, warnings = await self._writes(msg, profile)
+                # Map first (CPU only), then one trip to the store for both the duplicate
+                # check and the orders' items: fewer hand-offs to the store's thread.
+                mapped = self._map(msg, profile)
+                previous, existing = await self.store.run(
+                    self.store.store.prior_state, header["sender"], header["control_id"],
+                    [o.key for o in mapped.orders])
+                if previous is not None:
+                    return await self._duplicate(journal_id, header, previous)
+                writes, warnings = self._plan(msg, mapped, existing)
             ack = self._encode(acks.build_ack("AA", f"A{journal_id}", msg), msg)
             await self.store.run(self.store.store.commit_message, journal_id, header, writes,
                                  "AA", ack, "; ".join(warnings) or None)
             self.on_commit(writes)
             return Outcome(ack, "AA", journal_id, writes=writes)
         except Rejection as rej:
+            # A message accepted before gets its first ACK again, even if it would fail now
+            # (a mapping changed since): the duplicate rule comes first.
+            previous = await self._previous(header)
+            if previous is not None:
+                return await self._duplicate(journal_id, header, previous)
             return await self._fail(journal_id, header, msg, rej.code, rej.error)
         except Exception as exc:  # a bug must cost one AE, not the connection
             log.exception("journal %d: internal error", journal_id)
             err = AckError(acks.APPLICATION_INTERNAL_ERROR, f"internal error: {exc}")
             return await self._fail(journal_id, header, msg, "AE", err, log_text="internal "
                                     f"error: {exception_text(exc, self.config.log_phi)}")
+
+    async def _previous(self, header: dict[str, str | None]) -> tuple[str, bytes] | None:
+        if not header.get("control_id"):
+            return None
+        return await self.store.run(self.store.store.previous_ack, header["sender"],
+                                    header["control_id"])
+
+    async def _duplicate(self, journal_id: int, header: dict[str, str | None],
+                         previous: tuple[str, bytes]) -> Outcome:
+        code, ack = previous
+        await self.store.run(self.store.store.journal_duplicate, journal_id, header, code, ack)
+        log.info("journal %d: duplicate of %s control ID %s, same ACK sent again",
+                 journal_id, header["sender"], header["control_id"])
+        return Outcome(ack, code, journal_id)
 
     async def oversized(self, peer: str, limit: int) -> Outcome:
         """A frame over the size limit: its bytes are gone, the journal says so."""
@@ -146,7 +173,7 @@ class Processor:
         header["profile"] = profile.name
         return profile
 
-    async def _writes(self, msg: Message, profile: Profile) -> tuple[list[ItemWrite], list[str]]:
+    def _map(self, msg: Message, profile: Profile) -> MappedMessage:
         try:
             mapped = apply_profile(profile, msg, trace=True)
         except MappingFieldError as exc:
@@ -156,23 +183,34 @@ class Processor:
                 acks.SEGMENT_SEQUENCE_ERROR,
                 f"no {profile.group_segment} segment: the message carries no order",
                 ErrorLocation(profile.group_segment, 1)))
+        # Everything that can reject the message is checked here, before the store.
+        sender = msg.header(3)
+        for order in mapped.orders:
+            action = self._action(sender, order)
+            if action.effect is Effect.REPLACE and order.error is not None:
+                raise self._field_rejection(order.error)
+        return mapped
+
+    def _action(self, sender: str, order: MappedOrder) -> Action:
+        try:
+            return self.control.action(sender, order.control, order.status)
+        except UnknownOrderControl as exc:
+            raise Rejection("AE", AckError(acks.REQUIRED_FIELD_MISSING, str(exc),
+                                           ErrorLocation("ORC", 1, order.group_index))) from exc
+
+    def _plan(self, msg: Message, mapped: MappedMessage,
+              existing: dict[str, list[StoredItem]]) -> tuple[list[ItemWrite], list[str]]:
+        """The item writes for a mapped message, given the stored items of its orders."""
         charset = msg.decoded.charset.dicom
         sender = msg.header(3)
         writes: list[ItemWrite] = []
         for order in mapped.orders:
-            try:
-                action = self.control.action(sender, order.control, order.status)
-            except UnknownOrderControl as exc:
-                raise Rejection("AE", AckError(acks.REQUIRED_FIELD_MISSING, str(exc),
-                                               ErrorLocation("ORC", 1, order.group_index))) \
-                    from exc
-            if action.effect is Effect.REPLACE and order.error is not None:
-                raise self._field_rejection(order.error)
+            action = self._action(sender, order)
             for item in order.items:
                 if charset:
                     item["SpecificCharacterSet"] = charset
-            existing = await self.store.run(self.store.store.items_of_order, order.key)
-            if not existing and not self.control.creates_unknown(sender, order.control):
+            current = existing.get(order.key, [])
+            if not current and not self.control.creates_unknown(sender, order.control):
                 err = UnknownOrder(f"order {order.key} is unknown: {order.control} changes "
                                    "only an order the bridge already has")
                 raise Rejection("AE", AckError(acks.UNKNOWN_KEY_IDENTIFIER, str(err),
@@ -180,7 +218,7 @@ class Processor:
             # A UID found in the message's text came from it; any other was derived.
             from_message = [str(i.get("StudyInstanceUID", "")) in msg.decoded.text
                             for i in order.items]
-            writes.extend(plan(order, existing, action, self.control.visible, from_message))
+            writes.extend(plan(order, current, action, self.control.visible, from_message))
         return writes, mapped.warnings
 
     async def _patient_writes(self, msg: Message, profile: PatientProfile) -> list[ItemWrite]:

@@ -8,11 +8,13 @@ on that thread so the event loop never waits on a disk flush.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -205,6 +207,13 @@ class Store:
             "AND status = 'processed' ORDER BY id LIMIT 1", (sender, control_id)).fetchone()
         return (row["ack_code"], row["ack"]) if row else None
 
+    def prior_state(self, sender: str | None, control_id: str | None, order_keys: list[str]
+                    ) -> tuple[tuple[str, bytes] | None, dict[str, list[StoredItem]]]:
+        """What the processor needs before it commits a message, in one call: the ACK of an
+        earlier message with this control ID, if any, and the stored items of its orders."""
+        previous = self.previous_ack(sender or "", control_id) if control_id else None
+        return previous, {key: self.items_of_order(key) for key in dict.fromkeys(order_keys)}
+
     def _finish(self, journal_id: int, status: str, header: dict[str, str | None],
                 ack_code: str, ack: bytes, error: str | None) -> None:
         self.db.execute(
@@ -345,6 +354,24 @@ class Store:
             (sink, time.time(), limit)).fetchall()
         return [OutboxRow(r["id"], sink, r["item_key"], r["attempts"]) for r in rows]
 
+    def outbox_done_many(self, sink: str, done: list[tuple[str, int]]) -> None:
+        """`outbox_done` for a batch of (item key, row id), in one transaction."""
+        with self._transaction():
+            self.db.executemany(
+                "UPDATE outbox SET state = 'done', last_error = NULL WHERE sink = ? "
+                "AND item_key = ? AND id <= ? AND state = 'pending'",
+                [(sink, key, row_id) for key, row_id in done])
+
+    def items_by_keys(self, keys: list[str]) -> dict[str, StoredItem]:
+        found: dict[str, StoredItem] = {}
+        for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT * FROM items WHERE item_key IN ({marks})",
+                                       chunk):
+                found[row["item_key"]] = _item(row)
+        return found
+
     def outbox_done(self, sink: str, item_key: str, up_to_id: int) -> None:
         self.db.execute("UPDATE outbox SET state = 'done', last_error = NULL WHERE sink = ? "
                         "AND item_key = ? AND id <= ? AND state = 'pending'",
@@ -438,27 +465,101 @@ def _sink_state(row: sqlite3.Row) -> dict:
 
 
 class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or, inside a transaction already open (a group commit),
+    a savepoint that an error rolls back alone."""
+
     def __init__(self, db: sqlite3.Connection):
         self.db = db
+        self.savepoint = False
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.savepoint = self.db.in_transaction
+        self.db.execute("SAVEPOINT op" if self.savepoint else "BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if self.savepoint:
+            if exc_type:
+                self.db.execute("ROLLBACK TO op")
+            self.db.execute("RELEASE op")
+        else:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+class _Call:
+    __slots__ = ("args", "fn", "future")
+
+    def __init__(self, fn: Callable, args: tuple, future: concurrent.futures.Future):
+        self.fn, self.args, self.future = fn, args, future
 
 
 class AsyncStore:
-    """Runs a Store's calls on its own thread: SQLite and fsync stay off the event loop."""
+    """Runs a Store's calls on its own thread: SQLite and fsync stay off the event loop.
+
+    Group commit: calls that queue up while the thread is busy run together in one
+    transaction, each in its own savepoint, and their results are given out only after
+    that transaction's COMMIT. With several senders, one disk flush then serves several
+    messages; an AA still goes out only once its order is on disk.
+    """
+
+    MAX_GROUP = 64
 
     def __init__(self, store: Store):
         self.store = store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="store", daemon=True)
+        self._thread.start()
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._calls.put(_Call(fn, args, future))
+        return await asyncio.wrap_future(future)
+
+    def _work(self) -> None:
+        while True:
+            call = self._calls.get()
+            if call is None:
+                return
+            group = [call]
+            while len(group) < self.MAX_GROUP:
+                try:
+                    more = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._calls.put(None)  # stop after this group
+                    break
+                group.append(more)
+            self._run_group(group)
+
+    def _run_group(self, group: list[_Call]) -> None:
+        db = self.store.db
+        outcomes: list[tuple[bool, object]] = []
+        grouped = len(group) > 1
+        try:
+            if grouped:
+                db.execute("BEGIN IMMEDIATE")
+            for call in group:
+                try:
+                    if grouped:
+                        with _Transaction(db):  # a savepoint: a failure undoes this call only
+                            outcomes.append((True, call.fn(*call.args)))
+                    else:
+                        outcomes.append((True, call.fn(*call.args)))
+                except BaseException as exc:  # handed to the caller, as the executor did
+                    outcomes.append((False, exc))
+            if grouped:
+                db.execute("COMMIT")
+        except BaseException as exc:  # the COMMIT itself failed: nothing of the group holds
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            outcomes = [(False, exc)] * len(group)
+        for call, (ok, value) in zip(group, outcomes, strict=True):
+            if ok:
+                call.future.set_result(value)
+            else:
+                call.future.set_exception(value)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._calls.put(None)
+        self._thread.join()
         self.store.close()

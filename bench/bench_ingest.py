@@ -1,0 +1,174 @@
+"""MLLP ingest: orders per second and ACK latency, the bridge against a bare ACK server.
+
+    python bench/bench_ingest.py [--orders N] [--paced-seconds S] [--results bench/results.md]
+
+Both servers run as subprocesses on loopback, measured in the same run by the same load
+generator (asyncio, one task per connection, each waiting for its ACK before the next
+order). The bridge runs on the shipped config.yaml (durable SQLite commit before each AA,
+folder sink writing .wl files) on a fresh data folder. Printed and written to the results
+file: throughput with 1 and 4 connections and the ratio to the bare server; ACK latency
+p50/p95/p99; p99 at a paced 200 orders/s; the cost of strict structure validation.
+Targets (issue 7): >= 1,000 orders/s with 4 connections; p50 < 2 ms on one connection;
+p99 < 20 ms at 200 orders/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from bridge.client import MllpClient  # noqa: E402
+
+from orders import orm  # noqa: E402
+from peers import bridge_env, free_port, wait_for_port  # noqa: E402
+
+
+@contextmanager
+def server(kind: str, workdir: Path, extra_env: dict | None = None):
+    port = free_port()
+    if kind == "bare":
+        cmd = [sys.executable, str(ROOT / "bench" / "bare_ack_server.py"), str(port)]
+        env = dict(os.environ)
+    else:
+        cmd = [sys.executable, "-m", "bridge", "serve", "--config", str(ROOT / "config.yaml")]
+        env = bridge_env(BRIDGE_DATA_DIR=str(workdir / "data"), BRIDGE_MLLP__PORT=str(port),
+                         BRIDGE_METRICS__ENABLED="false", BRIDGE_SCP__ENABLED="false",
+                         BRIDGE_LOG_LEVEL="WARNING", **(extra_env or {}))
+    with open(workdir / f"{kind}.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, timeout=30)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def messages(prefix: str, n: int) -> list[bytes]:
+    return [orm(f"{prefix}{i}", order=f"{prefix}{i}", accession=f"{prefix}{i}"[-16:],
+                patient_id=f"P{i % 997}").encode("latin-1") for i in range(n)]
+
+
+async def run_load(port: int, batches: list[list[bytes]], rate: float | None = None
+                   ) -> tuple[float, list[float]]:
+    """Send each batch on its own connection; returns (elapsed s, ACK latencies in s)."""
+    latencies: list[float] = []
+
+    async def one(batch: list[bytes]) -> None:
+        async with MllpClient("127.0.0.1", port, timeout=30) as client:
+            start = time.perf_counter()
+            for i, raw in enumerate(batch):
+                if rate:
+                    await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+                t0 = time.perf_counter()
+                ack = await client.send(raw)
+                latencies.append(time.perf_counter() - t0)
+                if b"MSA|AA|" not in ack:
+                    raise RuntimeError(f"not AA: {ack[:200]!r}")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(b) for b in batches))
+    return time.perf_counter() - t0, latencies
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))] * 1000
+
+
+def measure(kind: str, port: int, orders: int, connections: int, tag: str) -> dict:
+    per = orders // connections
+    batches = [messages(f"{tag}{kind[0]}{c}-", per) for c in range(connections)]
+    elapsed, lat = asyncio.run(run_load(port, batches))
+    return {"rate": per * connections / elapsed, "p50": pct(lat, 50), "p95": pct(lat, 95),
+            "p99": pct(lat, 99)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=4000)
+    parser.add_argument("--paced-seconds", type=float, default=10.0)
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results.md")
+    parser.add_argument("--no-folder", action="store_true",
+                        help="run the bridge without its .wl folder sink (to isolate ingest)")
+    args = parser.parse_args()
+    extra = {"BRIDGE_SINKS__FOLDER__ENABLED": "false"} if args.no_folder else {}
+    rows, lines = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for kind in ("bare", "bridge"):
+            with server(kind, work, extra) as port:
+                measure(kind, port, 200, 1, "warm")  # warm up imports, caches, the store
+                for connections in (1, 4):
+                    rows[(kind, connections)] = measure(kind, port, args.orders, connections,
+                                                        f"c{connections}")
+                if kind == "bridge":
+                    n = int(200 * args.paced_seconds)
+                    _, lat = asyncio.run(run_load(port, [messages("paced", n)], rate=200))
+                    rows[("bridge", "paced")] = {"rate": 200.0, "p50": pct(lat, 50),
+                                                 "p95": pct(lat, 95), "p99": pct(lat, 99)}
+        (work / "strict").mkdir()
+        with server("bridge", work / "strict", {"BRIDGE_MLLP__STRICT": "true", **extra}) as port:
+            measure("bridge", port, 200, 1, "warm")
+            rows[("strict", 1)] = measure("bridge", port, args.orders // 2, 1, "strict")
+
+    def row(name: str, r: dict, ratio: str = "") -> str:
+        return (f"| {name} | {r['rate']:,.0f} | {r['p50']:.2f} | {r['p95']:.2f} | "
+                f"{r['p99']:.2f} | {ratio} |")
+
+    lines.append("| server, load | orders/s | ACK p50 ms | p95 ms | p99 ms | bridge / bare |")
+    lines.append("|---|---|---|---|---|---|")
+    for connections in (1, 4):
+        bare, bridge = rows[("bare", connections)], rows[("bridge", connections)]
+        lines.append(row(f"bare ACK server, {connections} connection(s)", bare))
+        lines.append(row(f"bridge, {connections} connection(s)", bridge,
+                         f"{bridge['rate'] / bare['rate']:.2f}"))
+    lines.append(row("bridge, 1 connection paced at 200 orders/s", rows[("bridge", "paced")]))
+    strict = rows[("strict", 1)]
+    lines.append(row("bridge with mllp.strict (hl7apy structures), 1 connection", strict,
+                     f"{strict['rate'] / rows[('bridge', 1)]['rate']:.2f} of non-strict"))
+    four, one, paced = rows[("bridge", 4)], rows[("bridge", 1)], rows[("bridge", "paced")]
+    verdicts = [
+        f"- >= 1,000 orders/s with 4 connections: {four['rate']:,.0f} "
+        f"({'met' if four['rate'] >= 1000 else 'MISSED'})",
+        f"- ACK p50 < 2 ms on one connection: {one['p50']:.2f} ms "
+        f"({'met' if one['p50'] < 2 else 'MISSED'})",
+        f"- ACK p99 < 20 ms at 200 orders/s: {paced['p99']:.2f} ms "
+        f"({'met' if paced['p99'] < 20 else 'MISSED'})",
+    ]
+    text = "\n".join([*lines, "", *verdicts])
+    print(text)
+    write_section(args.results, "MLLP ingest", (
+        f"`python bench/bench_ingest.py --orders {args.orders}` on "
+        f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}. Every order is a new ORM^O01 "
+        "committed durably (SQLite WAL, synchronous=FULL) before its AA; the folder sink "
+        "writes its .wl file meanwhile. The load generator runs on the same machine.\n\n"
+        + text))
+
+
+def write_section(path: Path, title: str, body: str) -> None:
+    """Replace (or add) the `## title` section of the results file."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = text.find(f"\n## {title}\n")
+    section = f"\n## {title}\n\n{body.strip()}\n"
+    if start == -1:
+        text = text.rstrip("\n") + "\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end:] if end != -1 else "")
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
