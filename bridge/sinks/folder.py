@@ -16,6 +16,8 @@ import contextlib
 import fcntl
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -77,7 +79,8 @@ class FolderSink:
             # spawn, not fork: the bridge has threads (the store's) that fork would copy
             # in whatever state they are.
             self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_follow_parent, initargs=(os.getpid(),))
         await loop.run_in_executor(self._pool, job, self._settings, item)
 
     @property
@@ -168,6 +171,17 @@ def _writer(settings: tuple[str, str, bool]) -> FolderSink:
         sink = _writers[settings] = FolderSink(Path(root), layout, lockfile,
                                                writer_process=False, _clean=False)
     return sink
+
+
+def _follow_parent(parent: int) -> None:
+    """In the writer: exit when the bridge is gone (a kill -9 leaves no one to stop us)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _put_in_writer(settings: tuple[str, str, bool], item: StoredItem) -> None:
