@@ -218,6 +218,57 @@ class Store:
                         (sink, w.item_key, now))
             self._finish(journal_id, "processed", header, ack_code, ack, warnings)
 
+    def set_status(self, item_keys: Iterable[str], status: str, visible: bool
+                   ) -> list[ItemWrite]:
+        """Change the status of existing items (MPPS) and queue them for every sink, in one
+        transaction. Returns the writes, for the commit hook; unknown keys are skipped."""
+        now = time.time()
+        writes: list[ItemWrite] = []
+        with self._transaction():
+            for key in item_keys:
+                row = self.db.execute("SELECT * FROM items WHERE item_key = ?",
+                                      (key,)).fetchone()
+                if row is None:
+                    continue
+                item = _item(row)
+                self.db.execute("UPDATE items SET status = ?, visible = ?, updated_at = ? "
+                                "WHERE item_key = ?", (status, int(visible), now, key))
+                for sink in self.sinks:
+                    self.db.execute(
+                        "INSERT INTO outbox (sink, item_key, created_at) VALUES (?, ?, ?)",
+                        (sink, key, now))
+                writes.append(ItemWrite(key, item.order_key, status, visible, item.dataset))
+        return writes
+
+    def put_items(self, writes: list[ItemWrite]) -> None:
+        """Items that come from no message (import-wl), with their outbox rows, in one
+        transaction."""
+        now = time.time()
+        with self._transaction():
+            for w in writes:
+                self.db.execute(
+                    "INSERT INTO items (item_key, order_key, status, visible, dataset, "
+                    "patient_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (item_key) DO UPDATE SET order_key = excluded.order_key, "
+                    "status = excluded.status, visible = excluded.visible, "
+                    "dataset = excluded.dataset, patient_id = excluded.patient_id, "
+                    "updated_at = excluded.updated_at",
+                    (w.item_key, w.order_key, w.status, int(w.visible),
+                     json.dumps(w.dataset, ensure_ascii=False),
+                     str(w.dataset.get("PatientID", "")), now))
+                for sink in self.sinks:
+                    self.db.execute(
+                        "INSERT INTO outbox (sink, item_key, created_at) VALUES (?, ?, ?)",
+                        (sink, w.item_key, now))
+
+    def items_with_status(self, statuses: Iterable[str]) -> list[StoredItem]:
+        """The items in any of `statuses` (the SCP's index at start-up)."""
+        wanted = sorted(set(statuses))
+        marks = ", ".join("?" * len(wanted))
+        rows = self.db.execute(f"SELECT * FROM items WHERE status IN ({marks}) "
+                               "ORDER BY item_key", wanted).fetchall()
+        return [_item(r) for r in rows]
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)
 
