@@ -12,6 +12,7 @@ from bridge.listener import MllpServer
 from bridge.mapping.loader import load_profiles
 from bridge.outbox import OutboxWorker
 from bridge.processor import Processor
+from bridge.scp.service import ScpService
 from bridge.sinks import Sink
 from bridge.sinks.folder import FolderSink
 from bridge.store import AsyncStore, ItemWrite, Store
@@ -42,6 +43,12 @@ class Bridge:
         self.processor = Processor(config, self.profiles, self.store, self._committed)
         self.mllp = MllpServer(self.processor, max_message_bytes=config.mllp.max_message_bytes)
         self.mllp_port: int | None = None
+        # Built-in MWL SCP: its index follows every commit.
+        self.scp = ScpService(config.scp, self.store, self._committed) \
+            if config.scp.enabled else None
+        if self.scp is not None:
+            self.change_listeners.append(self.scp.index.apply)
+        self.scp_port: int | None = None
 
     def _committed(self, writes: Sequence[ItemWrite]) -> None:
         for w in self.workers:
@@ -52,6 +59,8 @@ class Bridge:
     async def start(self) -> None:
         for w in self.workers:
             w.start()
+        if self.scp is not None:  # before MLLP: the index is loaded before orders arrive
+            self.scp_port = await self.scp.start()
         self.mllp_port = await self.mllp.start(self.config.mllp.host, self.config.mllp.port)
         log.info("MLLP listening on %s:%d; mappings: %s", self.config.mllp.host,
                  self.mllp_port, ", ".join(p.name for p in self.profiles))
@@ -60,6 +69,8 @@ class Bridge:
 
     async def stop(self) -> None:
         await self.mllp.close()
+        if self.scp is not None:
+            await asyncio.to_thread(self.scp.stop)
         for w in self.workers:
             await w.stop()
         self.store.close()

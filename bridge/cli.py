@@ -40,6 +40,28 @@ def _send(args: argparse.Namespace) -> int:
     return worst
 
 
+def _import_wl(args: argparse.Namespace) -> int:
+    from bridge.app import build_sinks
+    from bridge.scp.importing import read_folder
+    from bridge.store import Store
+
+    if not args.folder.is_dir():
+        print(f"import-wl: {args.folder} is not a folder", file=sys.stderr)
+        return 2
+    config = load_config(args.config)
+    result = read_folder(args.folder)
+    for path, reason in result.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    store = Store(config.store_path, [s.name for s in build_sinks(config)])
+    try:
+        store.put_items(result.writes)
+    finally:
+        store.close()
+    print(f"imported {len(result.writes)} item(s) from {args.folder} into "
+          f"{config.store_path}; {len(result.skipped)} file(s) skipped")
+    return 1 if result.skipped else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hl7-worklist-bridge",
@@ -57,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=2575)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an ACK")
     p.set_defaults(func=_send)
+
+    p = sub.add_parser("import-wl", help="load .wl files (a wlmscpfs or Orthanc worklist "
+                       "folder) into the store; run it before `serve`")
+    p.add_argument("folder", type=Path, help="folder with .wl files (searched recursively)")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"),
+                   help="configuration file (default: ./config.yaml)")
+    p.set_defaults(func=_import_wl)
     return parser
 
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
@@ -45,11 +45,44 @@ class MappingsConfig(_Section):
     dir: Path = Path("mappings")
 
 
+class ScpAeOptions(_Section):
+    """Options of the built-in SCP that may differ per calling AE title."""
+
+    # Where the query names no ScheduledStationAETitle, match the calling AE title
+    # (Orthanc's FilterIssuerAet).
+    fill_station_ae: bool | None = None
+    # Answer at most this many items, then end with status FE00 (0: no limit).
+    max_answers: int | None = Field(None, ge=0)
+    visible_statuses: list[str] | None = None
+    # DICOM term for the answers (e.g. "ISO_IR 100"); "" keeps each item's own.
+    response_charset: str | None = None
+    pn_case_insensitive: bool | None = None
+
+
 class ScpConfig(_Section):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=0, le=65535)
     ae_title: str = Field("BRIDGE_MWL", min_length=1, max_length=16)
+    # Calling AE titles allowed to associate; empty: any.
+    allowed_calling_aes: list[str] = []
+    fill_station_ae: bool = False
+    max_answers: int = Field(0, ge=0)
+    visible_statuses: list[str] = ["SCHEDULED", "ARRIVED"]
+    response_charset: str = ""
+    pn_case_insensitive: bool = False
+    log_queries: bool = True  # one INFO line per C-FIND with its keys
+    max_associations: int = Field(32, ge=1)
+    # Overrides per calling AE title (compared without case): {CT01: {max_answers: 50}}.
+    calling_aes: dict[str, ScpAeOptions] = {}
+
+    @field_validator("allowed_calling_aes", "visible_statuses", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        # From the environment a list comes as "CT01,MR02".
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
 
 class FolderSinkConfig(_Section):

@@ -88,6 +88,30 @@ class WorklistIndex:
                 return list(self._entries.values())
             return [self._entries[k] for k in sorted(best)]
 
+    def scheduled(self, study_uid: str, accession: str, rp_id: str, sps_id: str
+                  ) -> list[str]:
+        """Items an MPPS names in its ScheduledStepAttributesSequence: by study UID or
+        accession number, narrowed by requested procedure and SPS IDs when given."""
+        with self._lock:
+            if study_uid:
+                found = set(self._by["StudyInstanceUID"].get(study_uid, set()))
+            elif accession:
+                found = set(self._by["AccessionNumber"].get(accession, set()))
+            else:
+                return []
+            entries = [self._entries[k] for k in sorted(found)]
+        out = []
+        for e in entries:
+            if rp_id and str(e.data.get("RequestedProcedureID", "")).strip() != rp_id:
+                continue
+            steps = e.data.get("ScheduledProcedureStepSequence") or []
+            ids = {str(s.get("ScheduledProcedureStepID", "")).strip() for s in steps
+                   if isinstance(s, dict)}
+            if sps_id and sps_id not in ids:
+                continue
+            out.append(e.item_key)
+        return out
+
     def _lookups(self, keys: tuple[Key, ...]) -> Iterable[set[str]]:
         for key in keys:
             if key.tag in _TOP and _exact(key):
