@@ -5,7 +5,8 @@ a sequence, a list of such dicts. `answer` decides whether an item matches the q
 and, when it does, returns exactly the requested keys: tag -> (VR, value).
 
 Kinds of matching, by the key's value and VR:
-- empty: universal (matches anything, the key is only returned); `*` alone is the same;
+- empty: universal (matches anything, the key is only returned); `*` alone is the same,
+  whatever the VR;
 - `*` and `?`: wildcards, except on DA, TM, DT, UI and numbers, where they are literal;
 - `\\`-separated values: any of them (a list of UIDs, C.2.2.2.2);
 - `a-b`, `-b`, `a-`: a range on DA, TM and DT; when a query item has both
@@ -114,8 +115,10 @@ def _stored_text(value: object) -> str:
 def match_value(query: str, stored: str, vr: str, options: MatchOptions = DEFAULT_OPTIONS
                 ) -> bool:
     """Does the stored value match a non-empty query value of this VR?"""
-    if query == "*" and vr not in NO_WILDCARD_VRS:
-        return True  # C.2.2.2.4: a lone "*" is universal matching
+    if query == "*":
+        # C.2.2.2.4: a lone "*" is universal matching. Where wildcards are not allowed
+        # (DA, UI...) it could only be a modality's mistake: read it the same way.
+        return True
     stored_values = _values(stored, vr)
     if vr in RANGE_VRS:
         return any(_match_range(query, s, vr) for s in stored_values)
