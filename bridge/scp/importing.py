@@ -60,10 +60,14 @@ def read_folder(folder: Path) -> ImportResult:
     seen: set[str] = set()
     for path in wl_files(folder):
         try:
+            # force: old .wl files may lack the Part-10 preamble.
             ds = pydicom.dcmread(path, force=True)
             item = item_from_dataset(ds)
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        except (InvalidDicomError, OSError) as exc:
             result.skipped.append((path, str(exc)))
+            continue
+        except Exception as exc:  # garbage read with force=True fails in many ways
+            result.skipped.append((path, f"not a readable DICOM file: {exc}"))
             continue
         if not item:
             result.skipped.append((path, "no worklist attributes"))
