@@ -52,11 +52,12 @@ def spec(i: int, days: int = 10) -> dict[str, str]:
         "PatientSex": "MF"[i % 2],
         "StudyInstanceUID": f"{UID_ROOT}1{i:09d}",  # no leading zero in a UID component
         "RequestedProcedureID": f"RP{i:08d}",
-        "ScheduledStationAETitle": f"STN{i % STATIONS:02d}",
+        # Stations vary within a day: 1,000 items a day are 50 per station at 100 days.
+        "ScheduledStationAETitle": f"STN{i // days % STATIONS:02d}",
         "ScheduledProcedureStepStartDate": day.strftime("%Y%m%d"),
         "ScheduledProcedureStepStartTime": f"{8 + i % 10:02d}{(i * 7) % 60:02d}00",
         "ScheduledProcedureStepID": f"SPS{i:08d}",
-        "ScheduledStationName": f"ROOM{i % STATIONS:02d}",
+        "ScheduledStationName": f"ROOM{i // days % STATIONS:02d}",
         "Modality": MODALITIES[i % len(MODALITIES)],
     }
 

@@ -8,6 +8,7 @@ change from an association thread into a store transaction on the bridge's event
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Sequence
 
 from bridge.config import ScpConfig
@@ -30,6 +31,10 @@ class ScpService:
         self._loop = asyncio.get_running_loop()
         items = await self.store.run(self.store.store.items_with_status, self.index.statuses)
         self.index.load(items)
+        # pynetdicom's server runs gc.collect() every minute or so; with a large worklist in
+        # memory a full collection stalls every association. The loaded items live as long
+        # as the process: keep them out of the collector's scans.
+        gc.freeze()
         return self.scp.start()
 
     def stop(self) -> None:
