@@ -236,3 +236,29 @@ def test_mpps_in_progress_then_completed(server: Server) -> None:
     assert status.Status == 0x0112
     assoc.release()
     assert "3" not in accessions(find(server.port, query())[0])
+
+
+def test_response_character_sets() -> None:
+    from bridge.scp.server import response
+
+    name = {0x00100010: ("PN", "Łukasz^Müller")}
+    # Declared Latin-1 but holding Ł (a mislabelled feed): what Latin-1 lacks is
+    # transliterated, the rest kept, the declared set kept.
+    ds = response(name, "ISO_IR 100", "")
+    assert (ds.SpecificCharacterSet, str(ds.PatientName)) == ("ISO_IR 100", "Lukasz^Müller")
+    # No declared set and non-ASCII text: say UTF-8 rather than send undeclared bytes.
+    ds = response(name, "", "")
+    assert (ds.SpecificCharacterSet, str(ds.PatientName)) == ("ISO_IR 192", "Łukasz^Müller")
+    # Plain ASCII and nothing declared: SpecificCharacterSet is there, empty.
+    ds = response({0x00100010: ("PN", "DOE^JOHN")}, "", "")
+    assert "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet
+
+
+def test_mpps_duplicate_instance(server: Server) -> None:
+    assoc = associate(server.port, "CT2")
+    uid = "1.2.826.0.1.3680043.9.999.2"
+    assert assoc.send_n_create(mpps_create("4"), ModalityPerformedProcedureStep,
+                               uid)[0].Status == 0x0000
+    assert assoc.send_n_create(mpps_create("4"), ModalityPerformedProcedureStep,
+                               uid)[0].Status == 0x0111
+    assoc.release()

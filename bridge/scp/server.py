@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (
 
 from bridge.config import ScpConfig
 from bridge.lifecycle import Status
-from bridge.scp.charset import TEXT_VRS, codec_for, transliterate
+from bridge.scp.charset import TEXT_VRS, UnknownCharset, codec_for, transliterate
 from bridge.scp.index import WorklistIndex
 from bridge.scp.matching import NUMERIC_VRS, SINGLE_VALUED_TEXT, Answer, MatchOptions, answer
 from bridge.scp.query import Query, parse, with_station_filter
@@ -42,6 +42,7 @@ LIMIT_REACHED = 0xFE00
 CANCELED = 0xFE00
 UNABLE_TO_PROCESS = 0xC001
 NO_SUCH_INSTANCE = 0x0112
+DUPLICATE_INSTANCE = 0x0111
 INVALID_ATTRIBUTE_VALUE = 0x0106
 
 # Called from an association thread with item keys and their new status; returns when the
@@ -168,6 +169,8 @@ class WorklistScp:
             return INVALID_ATTRIBUTE_VALUE, None
         keys = self._scheduled_items(attrs)
         with self._mpps_lock:
+            if uid in self._mpps:
+                return DUPLICATE_INSTANCE, None
             self._mpps[uid] = keys
         log.info("MPPS N-CREATE %s from %s: IN PROGRESS for %s", uid,
                  event.assoc.requestor.ae_title, ", ".join(keys) or "no scheduled item")
@@ -237,9 +240,15 @@ class WorklistScp:
 def response(found: Answer, item_charset: str, target_charset: str) -> Dataset:
     """The answer as a dataset, in the target character set (transliterated) or in the
     item's own; always with SpecificCharacterSet."""
-    codec = codec_for(target_charset) if target_charset else None
-    ds = Dataset()
     charset = target_charset or item_charset or ""
+    # Text the answer's character set cannot hold is transliterated: always for a target
+    # set, and for an item whose text does not fit its own declared set (a mislabelled
+    # feed). No single codec for ISO 2022 code extensions: pydicom encodes those.
+    try:
+        codec = codec_for(charset) if charset and "\\" not in charset else None
+    except UnknownCharset:
+        codec = None
+    ds = Dataset()
     non_ascii = _fill(ds, found, codec)
     if not charset and non_ascii:
         charset = "ISO_IR 192"  # Unicode text with no declared set: say it is UTF-8
