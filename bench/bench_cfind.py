@@ -111,6 +111,16 @@ def findscu(port: int, called: str, keys: list[str]) -> int:
     return (result.stdout + result.stderr).count("(Pending)")
 
 
+def _together(port: int, called: str, runs: list[tuple[str, str]]) -> int:
+    """Start one findscu per (station, day) at the same moment; total answers."""
+    procs = [subprocess.Popen(
+        ["/usr/bin/findscu", "-W", "-v", "-sr", "-aet", station, "-aec", called,
+         *findscu_keys({}, {STATION: station, SPS_DATE: day}), "127.0.0.1", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "TCP_NODELAY": "1"}) for station, day in runs]
+    return sum(p.communicate(timeout=600)[0].count("(Pending)") for p in procs)
+
+
 def timed(fn: Callable[[], int], repeat: int, expected: int) -> float:
     """Median wall time in seconds of `repeat` runs, after one warm-up run."""
     assert fn() == expected, "wrong number of answers"
@@ -182,6 +192,19 @@ def compare(workdir: Path, folder: Path, data: Path, items: int) -> list[dict]:
                 print(f"{name:42s} {client:10s} bridge {ours * 1000:8.1f} ms   wlmscpfs "
                       f"{theirs * 1000:8.1f} ms   ratio {ours / theirs:.3f}", flush=True)
             rows.append(row)
+        # Several modalities at once: 4 findscu processes, each its own station and day.
+        runs = [(f"STN0{n}", f"202401{11 + n:02d}") for n in range(4)]
+        expected = [sum(1 for spec in specs if spec[STATION] == st and spec[SPS_DATE] == d)
+                    for st, d in runs]
+        for port, called, repeat in ((scp_port, "BRIDGE_MWL", 5), (wlm_port, WLM_AE, 3)):
+            one = timed(lambda port=port, called=called: findscu(
+                port, called, findscu_keys({}, {STATION: runs[0][0], SPS_DATE: runs[0][1]})),
+                repeat, expected[0])
+            four = timed(lambda port=port, called=called: _together(port, called, runs),
+                         repeat, sum(expected))
+            rows.append({"concurrent": called, "one": one, "four": four})
+            print(f"4 modalities at once, {called:10s}: one query {one * 1000:.1f} ms, "
+                  f"four together {four * 1000:.1f} ms", flush=True)
     finally:
         for proc in (bridge, wlm):
             proc.terminate()
@@ -287,6 +310,8 @@ def write_results(rows: list[dict], prof: dict, items: int) -> str:
              "| query | answers | client | bridge | wlmscpfs | bridge / wlmscpfs |",
              "|---|---|---|---|---|---|"]
     for row in rows:
+        if "concurrent" in row:
+            continue
         for client in ("pynetdicom", "findscu"):
             ours, theirs = row[client]
             lines.append(f"| {row['query']} | {row['answers']} | {client} | "
@@ -294,6 +319,13 @@ def write_results(rows: list[dict], prof: dict, items: int) -> str:
                          f"{ours / theirs:.3f} |")
     lines += ["", "Targets: selective queries under 0.1 of wlmscpfs's time; the broad "
               "query no slower than wlmscpfs (ratio at most 1).", "",
+              "Several modalities at once (4 findscu processes started together, each a "
+              "station and a day; wall time until all are answered):", ""]
+    for row in rows:
+        if "concurrent" in row:
+            lines.append(f"- {row['concurrent']}: one query {row['one'] * 1000:.1f} ms, "
+                         f"four together {row['four'] * 1000:.1f} ms")
+    lines += ["",
               "Server CPU per answer, 1,000 answers to findscu, measured in-process:", ""]
     for label in ("default pynetdicom logging", "quieted"):
         cpu, wall = prof[label]

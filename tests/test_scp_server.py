@@ -262,3 +262,14 @@ def test_mpps_duplicate_instance(server: Server) -> None:
     assert assoc.send_n_create(mpps_create("4"), ModalityPerformedProcedureStep,
                                uid)[0].Status == 0x0111
     assoc.release()
+
+
+def test_cancel_stops_the_answers_with_fe00(server: Server) -> None:
+    """C-CANCEL: pynetdicom reports it through is_cancelled; the answers stop there."""
+    from bridge.scp.query import parse
+
+    cancel_after_first = iter([False, True])
+    out = list(server.scp.find(parse(query()), "MODALITY",
+                               lambda: next(cancel_after_first, True)))
+    assert [status for status, _ in out] == [0xFF00, 0xFE00]
+    assert out[0][1] is not None and out[1][1] is None
