@@ -273,3 +273,28 @@ def test_cancel_stops_the_answers_with_fe00(server: Server) -> None:
                                lambda: next(cancel_after_first, True)))
     assert [status for status, _ in out] == [0xFF00, 0xFE00]
     assert out[0][1] is not None and out[1][1] is None
+
+
+def test_nagle_is_off_on_the_scp_side(server: Server) -> None:
+    """Without TCP_NODELAY a C-FIND waits about 40 ms on delayed ACKs (REFERENCE.md 8)."""
+    import socket
+
+    assoc = associate(server.port)
+    try:
+        accepted = wait_for_association(server)
+        sock = accepted.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        assoc.release()
+
+
+def wait_for_association(server: Server):
+    import time
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        active = server.scp._server.active_associations
+        if active:
+            return active[0]
+        time.sleep(0.01)
+    raise TimeoutError("no association on the SCP side")

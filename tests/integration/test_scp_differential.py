@@ -28,9 +28,10 @@ from peers import (
     run_bridge,
     run_wlmscpfs,
 )
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
@@ -42,6 +43,35 @@ CORPUS = ROOT.parent / "shared" / "corpus"
 GENERATED = 400  # items, on 10 days and 20 stations
 WLM_AE = "WL"
 BRIDGE_AE = "BRIDGE_MWL"
+
+
+# Items in Latin-1 (ISO_IR 100), as a European RIS would have them written.
+LATIN1_ITEMS = [("MÜLLER^JÜRGEN", "Hüfte rechts"), ("ØDEGÅRD^ÅSE", "Thorax")]
+ALL = GENERATED + 10 + len(LATIN1_ITEMS)
+
+
+def _write_latin1(path: Path, i: int, name: str, description: str) -> None:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.AccessionNumber = f"L{i}"
+    ds.PatientName = name
+    ds.PatientID = f"LAT{i}"
+    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.10.1445.8.{i}"
+    ds.RequestedProcedureID = f"RPL{i}"
+    ds.RequestedProcedureDescription = description
+    step = Dataset()
+    step.Modality = "CT"
+    step.ScheduledStationAETitle = "STN99"
+    step.ScheduledProcedureStepStartDate = "20240301"
+    step.ScheduledProcedureStepStartTime = f"{8 + i:02d}00"
+    step.ScheduledProcedureStepDescription = f"Röntgen {i}"
+    step.ScheduledProcedureStepID = f"SL{i}"
+    ds.ScheduledProcedureStepSequence = Sequence([step])
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.276.0.7230010.3.1.0.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.10.1445.8.{i}.1"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
 
 
 @dataclass
@@ -69,6 +99,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     for dump in sorted((CORPUS / "worklists").glob("*.dump")):
         _dump2dcm(dump, folder / f"{dump.stem}.wl", file_format=True)
     wlgen.write_items(folder, GENERATED)
+    for i, (name, description) in enumerate(LATIN1_ITEMS, start=1):
+        _write_latin1(folder / f"latin1_{i}.wl", i, name, description)
     workdir = root / "bridge"
     imported = subprocess.run(
         [sys.executable, "-m", "bridge", "import-wl", str(folder), "--config",
@@ -77,7 +109,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         env=bridge_env(BRIDGE_DATA_DIR=str(workdir / "data"),
                        BRIDGE_SINKS__FOLDER__ENABLED="false"))
     assert imported.returncode == 0, imported.stdout + imported.stderr
-    assert f"imported {GENERATED + 10} item(s)" in imported.stdout
+    assert f"imported {ALL} item(s)" in imported.stdout
     scp_port = free_port()
     with run_bridge(workdir, {"BRIDGE_SCP__ENABLED": "true", "BRIDGE_SCP__PORT": scp_port,
                               "BRIDGE_SINKS__FOLDER__ENABLED": "false"}) as bridge, \
@@ -225,9 +257,9 @@ def findscu_keys(top: dict[str, str], step: dict[str, str]) -> list[str]:
     return keys
 
 
-def dataset(top: dict[str, str], step: dict[str, str]) -> Dataset:
+def dataset(top: dict[str, str], step: dict[str, str], charset: str = "") -> Dataset:
     ds = Dataset()
-    ds.SpecificCharacterSet = ""
+    ds.SpecificCharacterSet = charset
     for k in TOP:
         setattr(ds, k, top.get(k, ""))
     item = Dataset()
@@ -277,6 +309,30 @@ def test_shapes_find_the_generated_items(servers: Servers, shape: str) -> None:
     assert sorted(str(ds.AccessionNumber) for ds in ours) == expected
 
 
+LATIN1_SHAPES = {
+    "name_umlaut_prefix": ({"PatientName": "MÜLLER*"}, {}, ["L1"]),
+    "name_ring_inside": ({"PatientName": "*GÅRD*"}, {}, ["L2"]),
+    "station_of_latin1_items": ({}, {STATION: "STN99"}, ["L1", "L2"]),
+}
+
+
+@pytest.mark.parametrize("shape", list(LATIN1_SHAPES))
+def test_latin1_queries_and_answers(servers: Servers, shape: str) -> None:
+    """A query in ISO_IR 100 against Latin-1 items: same answers, same text, and our
+    answers declare the items' character set."""
+    top, step, expected = LATIN1_SHAPES[shape]
+    ours = pynetdicom_find(servers.bridge, BRIDGE_AE, dataset(top, step, "ISO_IR 100"))
+    theirs = pynetdicom_find(servers.wlmscpfs, WLM_AE, dataset(top, step, "ISO_IR 100"))
+    same(ours, theirs)
+    assert sorted(str(ds.AccessionNumber) for ds in ours) == expected
+    names = dict(LATIN1_ITEMS)
+    for ds in ours:
+        assert ds.SpecificCharacterSet == "ISO_IR 100"
+        i = int(str(ds.AccessionNumber)[1:])
+        assert str(ds.PatientName) == LATIN1_ITEMS[i - 1][0]
+        assert str(ds.RequestedProcedureDescription) == names[str(ds.PatientName)]
+
+
 def test_empty_sequence_as_return_key(servers: Servers) -> None:
     """A zero-item ScheduledProcedureStepSequence asks for the whole step: both servers
     return the steps' attributes (wlmscpfs adds its empty ones, left out in comparison)."""
@@ -293,7 +349,6 @@ def test_empty_sequence_as_return_key(servers: Servers) -> None:
 
 # --- where we differ from wlmscpfs on purpose --------------------------------------------
 
-ALL = GENERATED + 10
 DIFFERENCES = {
     # wlmscpfs matches these three attributes literally: "*" in the value is a character,
     # so it answers nothing.
@@ -301,7 +356,8 @@ DIFFERENCES = {
                             lambda s: False, ["00000", "00002", "00003"], 0),
     "modality_wildcard": ({}, {"Modality": "C*"},
                           lambda s: s["Modality"] in ("CT", "CR"),
-                          ["00002", "00003", "00005", "00006", "00008", "00009"], 0),
+                          ["00002", "00003", "00005", "00006", "00008", "00009",
+                           "L1", "L2"], 0),
     "station_wildcard": ({}, {STATION: "STN1?"},
                          lambda s: s[STATION].startswith("STN1"), [], 0),
     # wlmscpfs does not match on these keys at all: it answers every item.
@@ -316,9 +372,9 @@ DIFFERENCES = {
 @pytest.mark.filterwarnings("ignore:Invalid value for VR")  # C* as a CS value, on purpose
 @pytest.mark.parametrize("name", list(DIFFERENCES))
 def test_where_wlmscpfs_differs(servers: Servers, name: str) -> None:
-    top, step, generated, corpus, wlmscpfs_count = DIFFERENCES[name]
+    top, step, generated, hand_written, wlmscpfs_count = DIFFERENCES[name]
     expected = sorted([s["AccessionNumber"] for s in map(wlgen.spec, range(GENERATED))
-                       if generated(s)] + corpus)
+                       if generated(s)] + hand_written)
     assert expected
     ours = pynetdicom_find(servers.bridge, BRIDGE_AE, dataset(top, step))
     assert sorted(str(ds.AccessionNumber) for ds in ours) == expected
