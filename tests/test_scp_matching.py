@@ -168,7 +168,9 @@ def test_only_matching_sequence_items_come_back() -> None:
 
 
 def test_modality_quirks_group_lengths_padding_private_empty_us() -> None:
-    query = q(PatientName="MOZ* ", PregnancyStatus=None)
+    query = q(PatientName="MOZ* ", PregnancyStatus=None, QueryRetrieveLevel="WORKLIST",
+              PatientSpeciesDescription="")  # a veterinary key the item lacks
+    query.add_new(0x00409999, "LO", "")          # a public tag no dictionary knows
     query.add_new(0x00100000, "UL", 0)           # group length at the top level
     query.add_new(0x00291010, "LO", "x")         # private key
     query.add_new(0x00290010, "LO", "VENDOR")    # its private creator
@@ -181,6 +183,8 @@ def test_modality_quirks_group_lengths_padding_private_empty_us() -> None:
     assert values["PatientName"] == "MOZART^WOLFGANG^AMADEUS"
     assert values["PregnancyStatus"] == "4"
     assert values["0x291010"] == "" and values["0x290010"] == ""
+    assert values["PatientSpeciesDescription"] == "" and values["0x409999"] == ""
+    assert "QueryRetrieveLevel" not in values  # not a worklist key: neither matched nor sent
     assert 0x00100000 not in found
     assert values["ScheduledProcedureStepSequence"] == [{"ScheduledStationAETitle":
                                                           "AA32\\AA33"}]

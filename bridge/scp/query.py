@@ -17,6 +17,9 @@ from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 SPECIFIC_CHARACTER_SET = 0x00080005
+# Sent by some modalities out of Query/Retrieve habit; not a worklist attribute: dropped,
+# as wlmscpfs does, rather than matched (no item has it) or returned.
+QUERY_RETRIEVE_LEVEL = 0x00080052
 SPS_SEQUENCE = 0x00400100
 STATION_AE = 0x00400001
 SPS_START_DATE = 0x00400002
@@ -81,7 +84,7 @@ def _keys(ds: Dataset) -> tuple[Key, ...]:
     keys = []
     for elem in ds:
         tag = int(elem.tag)
-        if tag & 0xFFFF == 0 or tag == SPECIFIC_CHARACTER_SET:
+        if tag & 0xFFFF == 0 or tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL):
             continue  # group length: a leftover of old encoders, never a key
         keyword = "" if Tag(tag).is_private else keyword_for_tag(tag)
         vr = elem.VR

@@ -333,6 +333,17 @@ def test_latin1_queries_and_answers(servers: Servers, shape: str) -> None:
         assert str(ds.RequestedProcedureDescription) == names[str(ds.PatientName)]
 
 
+def test_query_retrieve_level_is_ignored(servers: Servers) -> None:
+    """Some modalities add QueryRetrieveLevel=WORKLIST: not a worklist key, ignored."""
+    keys = ["QueryRetrieveLevel=WORKLIST", "AccessionNumber", "PatientName=HAYDN*"]
+    out = servers.workdir / "qrl"
+    ours = findscu(servers.bridge, BRIDGE_AE, keys, out / "bridge")
+    same(ours, findscu(servers.wlmscpfs, WLM_AE, keys, out / "wlm"))
+    # HAYDN^FRANZ^JOSEPH is in dcmtk__wklist4, 5 and 6.
+    assert sorted(str(ds.AccessionNumber) for ds in ours) == ["00004", "00005", "00006"]
+    assert all("QueryRetrieveLevel" not in ds for ds in ours)
+
+
 def test_empty_sequence_as_return_key(servers: Servers) -> None:
     """A zero-item ScheduledProcedureStepSequence asks for the whole step: both servers
     return the steps' attributes (wlmscpfs adds its empty ones, left out in comparison)."""
