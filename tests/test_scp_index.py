@@ -58,6 +58,9 @@ def test_scheduled_lookup_for_mpps() -> None:
     assert index.scheduled("1.2.3.A2", "", "", "SA2") == ["k2"]
     assert index.scheduled("", "A1", "", "") == ["k1"]
     assert index.scheduled("1.2.3.A2", "", "", "OTHER") == []
+    # A study UID the modality made up: the accession number still finds the item.
+    assert index.scheduled("1.2.999", "A1", "", "SA1") == ["k1"]
+    assert index.scheduled("", "", "", "SA1") == []
 
 
 stations = st.sampled_from(["CT1", "CT2", "MR1", "CT1\\MR1"])

@@ -90,15 +90,15 @@ class WorklistIndex:
 
     def scheduled(self, study_uid: str, accession: str, rp_id: str, sps_id: str
                   ) -> list[str]:
-        """Items an MPPS names in its ScheduledStepAttributesSequence: by study UID or
+        """Items an MPPS names in its ScheduledStepAttributesSequence: by study UID, else
         accession number, narrowed by requested procedure and SPS IDs when given."""
         with self._lock:
+            found: set[str] = set()
             if study_uid:
                 found = set(self._by["StudyInstanceUID"].get(study_uid, set()))
-            elif accession:
+            if not found and accession:
+                # Some modalities make up their own study UID: the accession still names it.
                 found = set(self._by["AccessionNumber"].get(accession, set()))
-            else:
-                return []
             entries = [self._entries[k] for k in sorted(found)]
         out = []
         for e in entries:
