@@ -1,6 +1,6 @@
 """The built-in SCP against DCMTK wlmscpfs, on the same `.wl` files.
 
-DCMTK's sample worklist database (../shared/corpus/worklists, via dump2dcm) and generated
+DCMTK's sample worklist database (tests/fixtures/dcmtk, via dump2dcm) and generated
 items (tests/wlgen.py) are imported into the bridge with `import-wl` and served by
 wlmscpfs from the folder itself. DCMTK's sample queries and a set of query shapes are sent
 to both, with DCMTK findscu and with pynetdicom as the modality; the answers must be the
@@ -39,7 +39,8 @@ from bridge.scp.server import set_nodelay
 
 pytestmark = pytest.mark.integration
 
-CORPUS = ROOT.parent / "shared" / "corpus"
+# DCMTK's sample worklists and queries, copied from ../shared/corpus (see its README).
+CORPUS = ROOT / "tests" / "fixtures" / "dcmtk"
 GENERATED = 400  # items, on 10 days and 20 stations
 WLM_AE = "WL"
 BRIDGE_AE = "BRIDGE_MWL"
