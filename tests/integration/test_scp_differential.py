@@ -6,7 +6,8 @@ wlmscpfs from the folder itself. DCMTK's sample queries and a set of query shape
 to both, with DCMTK findscu and with pynetdicom as the modality; the answers must be the
 same. Where we differ on purpose (wlmscpfs has no wildcard matching on PatientID, Modality
 and ScheduledStationAETitle, and does not match on StudyInstanceUID or
-ScheduledProcedureStepID at all), a test says so.
+ScheduledProcedureStepID at all), a test says so. Orthanc's worklists plugin serves the same
+folder too: the same queries find the same items there.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from peers import (
     dcmtk,
     free_port,
     run_bridge,
+    run_orthanc,
     run_wlmscpfs,
 )
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -79,6 +81,7 @@ def _write_latin1(path: Path, i: int, name: str, description: str) -> None:
 class Servers:
     bridge: int
     wlmscpfs: int
+    orthanc: int
     workdir: Path
 
 
@@ -114,10 +117,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     scp_port = free_port()
     with run_bridge(workdir, {"BRIDGE_SCP__ENABLED": "true", "BRIDGE_SCP__PORT": scp_port,
                               "BRIDGE_SINKS__FOLDER__ENABLED": "false"}) as bridge, \
-            run_wlmscpfs(root / "wlm") as wlm_port:
+            run_wlmscpfs(root / "wlm") as wlm_port, \
+            run_orthanc(root / "orthanc", folder) as orthanc_port:
         # The SCP starts before the MLLP listener run_bridge waits for.
         assert f"listening on 127.0.0.1:{scp_port}" in bridge.log()
-        yield Servers(scp_port, wlm_port, root)
+        yield Servers(scp_port, wlm_port, orthanc_port, root)
 
 
 # --- the two modalities: DCMTK findscu and pynetdicom ------------------------------------
@@ -392,3 +396,31 @@ def test_where_wlmscpfs_differs(servers: Servers, name: str) -> None:
     assert sorted(str(ds.AccessionNumber) for ds in ours) == expected
     assert len(pynetdicom_find(servers.wlmscpfs, WLM_AE, dataset(top, step))) \
         == wlmscpfs_count
+
+
+# --- Orthanc 1.10.1's worklists plugin on the same folder ---------------------------------
+
+ORTHANC_SHAPES = ["all", "accession", "accession_corpus", "name_prefix", "name_contains",
+                  "patient_id", "station", "station_day", "day", "day_range", "modality",
+                  "modality_station_day", "no_match"]
+
+
+@pytest.mark.parametrize("shape", ORTHANC_SHAPES)
+def test_same_items_as_orthanc(servers: Servers, shape: str) -> None:
+    """The items a site sees from Orthanc's worklists plugin, the bridge finds too."""
+    top, step = SHAPES[shape]
+    ours = pynetdicom_find(servers.bridge, BRIDGE_AE, dataset(top, step))
+    theirs = pynetdicom_find(servers.orthanc, "ORTHANC", dataset(top, step))
+    assert sorted(str(ds.AccessionNumber) for ds in ours) == \
+        sorted(str(ds.AccessionNumber) for ds in theirs)
+
+
+def test_orthanc_misses_the_second_station_of_an_item(servers: Servers) -> None:
+    """dcmtk__wklist1 is scheduled on AA32\\AA33. Like wlmscpfs, we match a multi-valued
+    attribute when any of its values matches; Orthanc 1.10.1 does not, for AA33."""
+    query = dataset(*SHAPES["station_second_value"])
+    assert [str(ds.AccessionNumber) for ds in
+            pynetdicom_find(servers.bridge, BRIDGE_AE, query)] == ["00000"]
+    assert [str(ds.AccessionNumber) for ds in
+            pynetdicom_find(servers.wlmscpfs, WLM_AE, query)] == ["00000"]
+    assert pynetdicom_find(servers.orthanc, "ORTHANC", query) == []
