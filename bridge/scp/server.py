@@ -29,6 +29,7 @@ from pynetdicom.sop_class import (
 from bridge.config import ScpConfig
 from bridge.lifecycle import Status
 from bridge.scp.charset import TEXT_VRS, UnknownCharset, codec_for, transliterate
+from bridge.scp.encoding import raw_dataset, supported
 from bridge.scp.index import WorklistIndex
 from bridge.scp.matching import NUMERIC_VRS, SINGLE_VALUED_TEXT, Answer, MatchOptions, answer
 from bridge.scp.query import Query, parse, with_station_filter
@@ -118,8 +119,10 @@ class WorklistScp:
     # --- C-FIND, independent of the network: what a query gets -----------------------------
 
     def find(self, query: Query, calling_ae: str,
-             is_cancelled: Callable[[], bool] = lambda: False
+             is_cancelled: Callable[[], bool] = lambda: False, implicit: bool | None = None
              ) -> Iterator[tuple[int, Dataset | None]]:
+        """The C-FIND responses to `query`: pending answers, then the final status.
+        `implicit`: the association's little endian transfer syntax, when it is one."""
         started = time.perf_counter()
         settings = settings_for(self.config, calling_ae)
         if settings.fill_station_ae and calling_ae.strip():
@@ -140,7 +143,7 @@ class WorklistScp:
                 break
             sent += 1
             yield PENDING, response(found, entry.data.get("SpecificCharacterSet", ""),
-                                    settings.charset)
+                                    settings.charset, implicit)
         if self.config.log_queries:
             log.info("C-FIND from %s: %s -> %d answer(s)%s in %.1f ms", calling_ae.strip(),
                      query.describe(), sent, ending, (time.perf_counter() - started) * 1000)
@@ -156,7 +159,10 @@ class WorklistScp:
             log.warning("C-FIND from %s: unreadable identifier: %s", calling, exc)
             yield UNABLE_TO_PROCESS, None
             return
-        yield from self.find(query, calling, lambda: event.is_cancelled)
+        syntax = event.context.transfer_syntax
+        implicit = syntax.is_implicit_VR if syntax.is_little_endian and \
+            not syntax.is_deflated else None
+        yield from self.find(query, calling, lambda: event.is_cancelled, implicit)
 
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS
@@ -237,9 +243,11 @@ class WorklistScp:
             self._server = None
 
 
-def response(found: Answer, item_charset: str, target_charset: str) -> Dataset:
+def response(found: Answer, item_charset: str, target_charset: str,
+             implicit: bool | None = None) -> Dataset:
     """The answer as a dataset, in the target character set (transliterated) or in the
-    item's own; always with SpecificCharacterSet."""
+    item's own; always with SpecificCharacterSet. With `implicit` (the association's little
+    endian transfer syntax) the values are encoded here, once (encoding.py)."""
     charset = target_charset or item_charset or ""
     # Text the answer's character set cannot hold is transliterated: always for a target
     # set, and for an item whose text does not fit its own declared set (a mislabelled
@@ -248,10 +256,15 @@ def response(found: Answer, item_charset: str, target_charset: str) -> Dataset:
         codec = codec_for(charset) if charset and "\\" not in charset else None
     except UnknownCharset:
         codec = None
+    found, non_ascii = _fit(found, codec)
+    if not charset:
+        # Unicode text with no declared set: say it is UTF-8 rather than send bytes
+        # nobody declared; plain ASCII needs no declaration.
+        charset, codec = ("ISO_IR 192", "UTF8") if non_ascii else ("", "ascii")
+    if implicit is not None and codec is not None and supported(charset):
+        return raw_dataset(found, charset, codec, implicit)
     ds = Dataset()
-    non_ascii = _fill(ds, found, codec)
-    if not charset and non_ascii:
-        charset = "ISO_IR 192"  # Unicode text with no declared set: say it is UTF-8
+    _fill(ds, found)
     ds.add(DataElement(0x00080005, "CS", charset.split("\\") if "\\" in charset
                        else (charset or None), validation_mode=_NO_VALIDATION))
     return ds
@@ -262,8 +275,30 @@ def response(found: Answer, item_charset: str, target_charset: str) -> Dataset:
 _NO_VALIDATION = pydicom_config.IGNORE
 
 
-def _fill(ds: Dataset, found: Answer, codec: str | None) -> bool:
+def _fit(found: Answer, codec: str | None) -> tuple[Answer, bool]:
+    """The answer with its text transliterated where `codec` cannot hold it, and whether
+    any text is still outside ASCII."""
+    out: Answer = {}
     non_ascii = False
+    for tag, (vr, value) in found.items():
+        if vr == "SQ":
+            items = []
+            for sub in value:  # type: ignore[union-attr]
+                fitted, sub_non_ascii = _fit(sub, codec)
+                items.append(fitted)
+                non_ascii = non_ascii or sub_non_ascii
+            out[tag] = (vr, items)
+            continue
+        text = str(value)
+        if vr in TEXT_VRS and not text.isascii():
+            if codec is not None:
+                text = transliterate(text, codec)
+            non_ascii = non_ascii or not text.isascii()
+        out[tag] = (vr, text)
+    return out, non_ascii
+
+
+def _fill(ds: Dataset, found: Answer) -> None:
     for tag, (vr, value) in sorted(found.items()):
         if tag == 0x00080005:
             continue
@@ -271,17 +306,12 @@ def _fill(ds: Dataset, found: Answer, codec: str | None) -> bool:
             items = []
             for sub in value:  # type: ignore[union-attr]
                 item = Dataset()
-                non_ascii |= _fill(item, sub, codec)
+                _fill(item, sub)
                 items.append(item)
             ds.add(DataElement(tag, "SQ", Sequence(items), validation_mode=_NO_VALIDATION))
             continue
         text = str(value)
-        if vr in TEXT_VRS and not text.isascii():
-            if codec is not None:
-                text = transliterate(text, codec)
-            non_ascii = non_ascii or not text.isascii()
         ds.add(DataElement(tag, vr, _element_value(vr, text), validation_mode=_NO_VALIDATION))
-    return non_ascii
 
 
 def _element_value(vr: str, text: str) -> object:
