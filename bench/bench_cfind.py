@@ -338,16 +338,19 @@ def write_results(rows: list[dict], prof: dict, items: int) -> str:
     lines += [f"- {k}: {v:.0f} %" for k, v in prof["groups"].items()]
     lines += ["", "Reading: a selective query costs the association and a dictionary lookup, "
               "whatever the worklist's size; wlmscpfs reads every file on every query. A "
-              "broad query is limited by the cost per answer: for each one pynetdicom "
-              "encodes a DIMSE command set and the identifier with pydicom, and the handler "
-              "builds a pydicom Dataset; pydicom's object model and encoder take most of the "
-              "time, the bridge's index and matching a few percent. The \"default logging\" "
-              "figure has pynetdicom's standard handlers formatting every message with no "
-              "log output attached; writing those lines to a console costs more. Everything "
-              "runs under one GIL: several modalities are served at once (none waits for "
-              "another's query to finish) but share one core, so four queries together take "
-              "about four times one. Further gains: encode each item's answer once per "
-              "query shape, or run several SCP processes.", ""]
+              "broad query is limited by the cost per answer. The bridge encodes each "
+              "answer's values itself, straight into raw elements (bridge/scp/encoding.py, "
+              "byte for byte what pydicom would write); what remains is pynetdicom's work "
+              "per response: a DIMSE command set built and encoded with pydicom (twice: once "
+              "to measure its group length), the identifier written through pydicom's "
+              "writer, P-DATA fragments and the hand-over between the association and its "
+              "reactor thread. The \"default logging\" figure has pynetdicom's standard "
+              "handlers formatting every message with no log output attached; writing those "
+              "lines to a console costs more. Everything runs under one GIL: several "
+              "modalities are served at once (none waits for another's query to finish) but "
+              "share one core, so four queries together take about four times one. Further "
+              "gains would need a lighter command-set encoder than pynetdicom's, or several "
+              "SCP processes.", ""]
     return "\n".join(lines)
 
 
