@@ -52,9 +52,9 @@ WorklistStatus = Literal["SCHEDULED", "ARRIVED", "STARTED", "COMPLETED", "DISCON
 def _known_charset(value: str | None) -> str | None:
     from pydicom.charset import python_encoding
 
-    if value and value.strip() not in python_encoding:
+    if value and value.strip() != "query" and value.strip() not in python_encoding:
         raise ValueError(f"unknown DICOM character set {value!r} (e.g. ISO_IR 100, "
-                         "ISO_IR 192)")
+                         "ISO_IR 192, or query)")
     return value
 
 
@@ -74,7 +74,8 @@ class ScpAeOptions(_Section):
     # Answer at most this many items, then end with status FE00 (0: no limit).
     max_answers: int | None = Field(None, ge=0)
     visible_statuses: list[WorklistStatus] | None = None
-    # DICOM term for the answers (e.g. "ISO_IR 100"); "" keeps each item's own.
+    # DICOM term for the answers (e.g. "ISO_IR 100"); "" keeps each item's own; "query":
+    # the query's own SpecificCharacterSet when it declares one.
     response_charset: str | None = None
     pn_case_insensitive: bool | None = None
 

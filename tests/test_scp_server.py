@@ -68,6 +68,7 @@ def server() -> Iterator[Server]:
             "LIMITED": ScpAeOptions(max_answers=2),
             "CT1": ScpAeOptions(fill_station_ae=True),
             "LEGACY": ScpAeOptions(response_charset="ISO_IR 100"),
+            "FOLLOW": ScpAeOptions(response_charset="query"),
             "CASELESS": ScpAeOptions(pn_case_insensitive=True),
             "NURSE": ScpAeOptions(visible_statuses=["SCHEDULED", "ARRIVED", "STARTED"]),
         })
@@ -298,3 +299,15 @@ def wait_for_association(server: Server):
             return active[0]
         time.sleep(0.01)
     raise TimeoutError("no association on the SCP side")
+
+
+def test_response_charset_of_the_query(server: Server) -> None:
+    latin = query(AccessionNumber="1")
+    latin.SpecificCharacterSet = "ISO_IR 100"
+    answers, _ = find(server.port, latin, "FOLLOW")
+    assert answers[0].SpecificCharacterSet == "ISO_IR 100"
+    assert str(answers[0].PatientName) == "LUKASZ^ZÓLC"
+    # A query that declares nothing gets the item's own set.
+    answers, _ = find(server.port, query(AccessionNumber="1"), "FOLLOW")
+    assert answers[0].SpecificCharacterSet == "ISO_IR 192"
+    assert str(answers[0].PatientName) == "ŁUKASZ^ŻÓŁĆ"

@@ -127,6 +127,10 @@ class WorklistScp:
         settings = settings_for(self.config, calling_ae)
         if settings.fill_station_ae and calling_ae.strip():
             query = with_station_filter(query, calling_ae)
+        target = settings.charset
+        if target == "query":
+            # Answer in the set the modality wrote its query in, when it names one.
+            target = query.charset if query.charset and supported(query.charset) else ""
         sent = 0
         status, ending = SUCCESS, ""
         for entry in self.index.candidates(query.keys):
@@ -143,7 +147,7 @@ class WorklistScp:
                 break
             sent += 1
             yield PENDING, response(found, entry.data.get("SpecificCharacterSet", ""),
-                                    settings.charset, implicit)
+                                    target, implicit)
         if self.config.log_queries:
             log.info("C-FIND from %s: %s -> %d answer(s)%s in %.1f ms", calling_ae.strip(),
                      query.describe(), sent, ending, (time.perf_counter() - started) * 1000)
