@@ -15,6 +15,7 @@ from bridge.mapping.watch import watch
 from bridge.metrics import Metrics, MetricsServer
 from bridge.outbox import OutboxWorker
 from bridge.processor import Processor
+from bridge.scp.service import ScpService
 from bridge.sinks import Sink
 from bridge.sinks.folder import FolderSink
 from bridge.sinks.orthanc import OrthancSink
@@ -70,6 +71,13 @@ class Bridge:
         self.metrics_port: int | None = None
         if mllp.strict or mllp.strict_senders:
             warm_up()
+        # Built-in MWL SCP: its index follows every commit.
+        self.scp = ScpService(config.scp, self.store, self._committed,
+                              self.metrics.cfind_latency.observe) \
+            if config.scp.enabled else None
+        if self.scp is not None:
+            self.change_listeners.append(self.scp.index.apply)
+        self.scp_port: int | None = None
 
     def reload_mappings(self) -> bool:
         """Load the mapping folder again and use it for the next message.
@@ -105,6 +113,8 @@ class Bridge:
                         "their senders resend them): journal list shows them", interrupted)
         for w in self.workers:
             w.start()
+        if self.scp is not None:  # before MLLP: the index is loaded before orders arrive
+            self.scp_port = await self.scp.start()
         self.housekeeper.start()
         self.mllp_port = await self.mllp.start(self.config.mllp.host, self.config.mllp.port)
         log.info("MLLP listening on %s:%d; mappings: %s", self.config.mllp.host,
@@ -139,6 +149,8 @@ class Bridge:
         await self.metrics_server.close()
         await self.mllp.close()
         await self.housekeeper.stop()
+        if self.scp is not None:
+            await asyncio.to_thread(self.scp.stop)
         for w in self.workers:
             await w.stop()
         for sink in self.sinks:

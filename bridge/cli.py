@@ -208,6 +208,28 @@ def _resync(args: argparse.Namespace) -> int:
     return 1 if any(r.pending for r in results) else 0
 
 
+def _import_wl(args: argparse.Namespace) -> int:
+    from bridge.operations import sink_names
+    from bridge.scp.importing import read_folder
+    from bridge.store import Store
+
+    if not args.folder.is_dir():
+        print(f"import-wl: {args.folder} is not a folder", file=sys.stderr)
+        return 2
+    config = load_config(args.config)
+    result = read_folder(args.folder)
+    for path, reason in result.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    store = Store(config.store_path, sink_names(config))
+    try:
+        store.write_items(result.writes)
+    finally:
+        store.close()
+    print(f"imported {len(result.writes)} item(s) from {args.folder} into "
+          f"{config.store_path}; {len(result.skipped)} file(s) skipped")
+    return 1 if result.skipped else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hl7-worklist-bridge",
@@ -278,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only delete extra items and queue the rest: for a running bridge, "
                         "whose outbox then delivers them")
     p.set_defaults(func=_resync)
+
+    p = sub.add_parser("import-wl", help="load .wl files (a wlmscpfs or Orthanc worklist "
+                       "folder) into the store; run it before `serve`")
+    p.add_argument("folder", type=Path, help="folder with .wl files (searched recursively)")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"),
+                   help="configuration file (default: ./config.yaml)")
+    p.set_defaults(func=_import_wl)
     return parser
 
 

@@ -90,11 +90,65 @@ class MappingsConfig(_Section):
     watch_seconds: float = Field(2.0, ge=0)
 
 
+WorklistStatus = Literal["SCHEDULED", "ARRIVED", "STARTED", "COMPLETED", "DISCONTINUED",
+                         "CANCELED"]
+
+
+def _known_charset(value: str | None) -> str | None:
+    from pydicom.charset import python_encoding
+
+    if value and value.strip() != "query" and value.strip() not in python_encoding:
+        raise ValueError(f"unknown DICOM character set {value!r} (e.g. ISO_IR 100, "
+                         "ISO_IR 192, or query)")
+    return value
+
+
+def _comma_list(value: object) -> object:
+    # From the environment a list comes as "CT01,MR02".
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class ScpAeOptions(_Section):
+    """Options of the built-in SCP that may differ per calling AE title."""
+
+    # Where the query names no ScheduledStationAETitle, match the calling AE title
+    # (Orthanc's FilterIssuerAet).
+    fill_station_ae: bool | None = None
+    # Answer at most this many items, then end with status FE00 (0: no limit).
+    max_answers: int | None = Field(None, ge=0)
+    visible_statuses: list[WorklistStatus] | None = None
+    # DICOM term for the answers (e.g. "ISO_IR 100"); "" keeps each item's own; "query":
+    # the query's own SpecificCharacterSet when it declares one.
+    response_charset: str | None = None
+    pn_case_insensitive: bool | None = None
+
+    _charset = field_validator("response_charset")(_known_charset)
+    _lists = field_validator("visible_statuses", mode="before")(_comma_list)
+
+
 class ScpConfig(_Section):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=0, le=65535)
     ae_title: str = Field("BRIDGE_MWL", min_length=1, max_length=16)
+    # Calling AE titles allowed to associate; empty: any.
+    allowed_calling_aes: list[str] = []
+    fill_station_ae: bool = False
+    max_answers: int = Field(0, ge=0)
+    visible_statuses: list[WorklistStatus] = ["SCHEDULED", "ARRIVED"]
+    response_charset: str = ""
+    pn_case_insensitive: bool = False
+    log_queries: bool = True  # one INFO line per C-FIND with its keys
+    max_associations: int = Field(32, ge=1)
+    # Overrides per calling AE title (compared without case): {CT01: {max_answers: 50}}.
+    calling_aes: dict[str, ScpAeOptions] = {}
+
+    _charset = field_validator("response_charset")(_known_charset)
+
+    _lists = field_validator("allowed_calling_aes", "visible_statuses",
+                             mode="before")(_comma_list)
 
 
 class FolderSinkConfig(_Section):

@@ -339,6 +339,27 @@ class Store:
             self.db.execute("DELETE FROM outbox WHERE item_key = ?", (item_key,))
         return cur.rowcount > 0
 
+    def set_status(self, item_keys: Iterable[str], status: str, visible: bool
+                   ) -> list[ItemWrite]:
+        """Change the status of existing items (MPPS) and queue them for every sink, in one
+        transaction. Returns the writes, for the commit hook; unknown keys are skipped."""
+        writes: list[ItemWrite] = []
+        with self._transaction():
+            for key in item_keys:
+                item = self.item(key)
+                if item is not None:
+                    writes.append(ItemWrite(key, item.order_key, status, visible, item.dataset))
+            self._write_items(writes, None)
+        return writes
+
+    def items_with_status(self, statuses: Iterable[str]) -> list[StoredItem]:
+        """The items in any of `statuses` (the SCP's index at start-up)."""
+        wanted = sorted(set(statuses))
+        marks = ", ".join("?" * len(wanted))
+        rows = self.db.execute(f"SELECT * FROM items WHERE status IN ({marks}) "
+                               "ORDER BY item_key", wanted).fetchall()
+        return [_item(r) for r in rows]
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)
 

@@ -115,14 +115,12 @@ def run_bridge(workdir: Path, overrides: dict | None = None) -> Iterator[BridgeP
     given as BRIDGE_* environment variables (the documented override mechanism)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = bridge_env(**{
-        "BRIDGE_DATA_DIR": str(workdir / "data"),
-        "BRIDGE_MLLP__PORT": str(port),
-        "BRIDGE_SCP__ENABLED": "false",
-        # Tests run side by side: never the fixed default metrics port.
-        "BRIDGE_METRICS__PORT": str(free_port()),
-        **{k: str(v) for k, v in (overrides or {}).items()},
-    })
+    settings = {"BRIDGE_DATA_DIR": str(workdir / "data"), "BRIDGE_MLLP__PORT": str(port),
+                "BRIDGE_SCP__ENABLED": "false",
+                # Tests run side by side: never the fixed default metrics port.
+                "BRIDGE_METRICS__PORT": str(free_port())}
+    settings.update({k: str(v) for k, v in (overrides or {}).items()})  # overrides win
+    env = bridge_env(**settings)
     log_path = workdir / "bridge.log"
     config = ROOT / "config.yaml"
     with open(log_path, "wb") as log:
@@ -149,14 +147,17 @@ def run_wlmscpfs(data_dir: Path) -> Iterator[int]:
     port = free_port()
     env = {**os.environ, "TCP_NODELAY": "1"}
     data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir.parent / "wlmscpfs.log", "ab") as log:
-        proc = subprocess.Popen([exe, "-dfp", str(data_dir), str(port)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+    # wlmscpfs warns on stderr for every record it completes: a pipe nobody reads fills
+    # up and blocks it mid-query, so its output goes to a file beside the data folder.
+    log = open(data_dir.parent / f"wlmscpfs-{port}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([exe, "-dfp", str(data_dir), str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, proc)
         yield port
     finally:
         _stop(proc)
+        log.close()
 
 
 @contextmanager

@@ -91,3 +91,22 @@ def _up(base: str) -> bool:
         return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_cfind_latency_is_observed_by_the_scp(tmp_path):
+    """Each C-FIND the built-in SCP answers lands in hl7bridge_cfind_latency_seconds."""
+    from peers import findscu_worklist
+
+    port, scp_port = free_port(), free_port()
+    with run_bridge(tmp_path, {"BRIDGE_METRICS__PORT": str(port),
+                               "BRIDGE_SCP__ENABLED": "true",
+                               "BRIDGE_SCP__PORT": str(scp_port)}) as bridge:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _up(base), timeout=20)
+        with RawClient(bridge.mllp_port) as client:
+            assert msa(client.exchange(with_control_id(fixture_message(), "F1")))[0] == "AA"
+        for n in range(2):
+            answers = findscu_worklist(scp_port, "BRIDGE_MWL", ["PatientID"], tmp_path / f"q{n}")
+            assert len(answers) == 1
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        assert sample(text, "hl7bridge_cfind_latency_seconds_count") == 2

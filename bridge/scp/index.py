@@ -1,0 +1,171 @@
+"""The worklist in memory: the items a modality may see, indexed by their selective keys.
+
+Built from the store at start-up and kept current in-process from the Bridge's commit hook,
+so a C-FIND never scans a folder or the database. A query with an accession number,
+patient ID, study UID, station AE title or SPS start date gets its candidates from a
+dictionary; the others scan the items in memory. Matching (matching.py) then decides.
+
+Updates come from the event loop thread, queries from pynetdicom's association threads:
+a lock guards the dictionaries, and entries are immutable (an update replaces one).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bridge.scp.matching import NO_WILDCARD_VRS
+from bridge.scp.query import SPS_SEQUENCE, SPS_START_DATE, STATION_AE, Key
+from bridge.store import ItemWrite, StoredItem
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    item_key: str
+    status: str
+    data: dict
+
+
+# Top-level keys indexed by exact value.
+_TOP = {0x00080050: "AccessionNumber", 0x00100020: "PatientID",
+        0x0020000D: "StudyInstanceUID"}
+
+
+class WorklistIndex:
+    def __init__(self, statuses: Iterable[str]):
+        # Every status some calling AE may see; the per-AE filter is applied per query.
+        self.statuses = frozenset(statuses)
+        self._lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}
+        self._by: dict[str, dict[str, set[str]]] = {
+            name: {} for name in (*_TOP.values(), "station", "date")}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def load(self, items: Iterable[StoredItem]) -> None:
+        with self._lock:
+            for item in items:
+                self._put(item.item_key, item.status, item.dataset)
+
+    def apply(self, writes: Sequence[ItemWrite]) -> None:
+        """The Bridge's change listener: called after every commit."""
+        with self._lock:
+            for w in writes:
+                self._put(w.item_key, w.status, w.dataset)
+
+    def get(self, item_key: str) -> Entry | None:
+        return self._entries.get(item_key)
+
+    def _put(self, key: str, status: str, data: dict) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            for name, values in _index_values(old.data).items():
+                for v in values:
+                    bucket = self._by[name].get(v)
+                    if bucket is not None:
+                        bucket.discard(key)
+                        if not bucket:
+                            del self._by[name][v]
+        if status not in self.statuses:
+            return
+        self._entries[key] = Entry(key, status, data)
+        for name, values in _index_values(data).items():
+            for v in values:
+                self._by[name].setdefault(v, set()).add(key)
+
+    def candidates(self, keys: tuple[Key, ...]) -> list[Entry]:
+        """Items that may match: a superset of the matches, from the most selective index."""
+        with self._lock:
+            best: set[str] | None = None
+            for found in self._lookups(keys):
+                if best is None or len(found) < len(best):
+                    best = found
+                if not best:
+                    break
+            if best is None:
+                return list(self._entries.values())
+            return [self._entries[k] for k in sorted(best)]
+
+    def scheduled(self, study_uid: str, accession: str, rp_id: str, sps_id: str
+                  ) -> list[str]:
+        """Items an MPPS names in its ScheduledStepAttributesSequence: by study UID, else
+        accession number, narrowed by requested procedure and SPS IDs when given."""
+        with self._lock:
+            found: set[str] = set()
+            if study_uid:
+                found = set(self._by["StudyInstanceUID"].get(study_uid, set()))
+            if not found and accession:
+                # Some modalities make up their own study UID: the accession still names it.
+                found = set(self._by["AccessionNumber"].get(accession, set()))
+            entries = [self._entries[k] for k in sorted(found)]
+        out = []
+        for e in entries:
+            if rp_id and str(e.data.get("RequestedProcedureID", "")).strip() != rp_id:
+                continue
+            steps = e.data.get("ScheduledProcedureStepSequence") or []
+            ids = {str(s.get("ScheduledProcedureStepID", "")).strip() for s in steps
+                   if isinstance(s, dict)}
+            if sps_id and sps_id not in ids:
+                continue
+            out.append(e.item_key)
+        return out
+
+    def _lookups(self, keys: tuple[Key, ...]) -> Iterable[set[str]]:
+        for key in keys:
+            if key.tag in _TOP and _exact(key):
+                yield self._union(_TOP[key.tag], key.value.split("\\"))
+            elif key.tag == SPS_SEQUENCE and len(key.items) == 1:
+                for sub in key.items[0]:
+                    if sub.tag == STATION_AE and _exact(sub):
+                        yield self._union("station", sub.value.split("\\"))
+                    elif sub.tag == SPS_START_DATE and sub.value:
+                        yield self._dates(sub.value)
+
+    def _union(self, name: str, values: list[str]) -> set[str]:
+        index = self._by[name]
+        out: set[str] = set()
+        for v in values:
+            out |= index.get(v.strip(), set())
+        return out
+
+    def _dates(self, query: str) -> set[str]:
+        index = self._by["date"]
+        if "-" not in query:
+            return set(index.get(query.replace(".", ""), set()))
+        low, _, high = (p.replace(".", "") for p in query.partition("-"))
+        out: set[str] = set()
+        for date, keys in index.items():
+            if (not low or low <= date) and (not high or date <= high):
+                out |= keys
+        return out
+
+
+def _exact(key: Key) -> bool:
+    """A value the index can look up: no wildcard (where wildcards apply), not universal."""
+    if not key.value or key.value == "*":
+        return False
+    return key.vr in NO_WILDCARD_VRS or not ("*" in key.value or "?" in key.value)
+
+
+def _index_values(data: dict) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name in _TOP.values():
+        value = data.get(name)
+        if isinstance(value, str) and value:
+            out[name] = [v.strip() for v in value.split("\\")]
+    stations: list[str] = []
+    dates: list[str] = []
+    for step in data.get("ScheduledProcedureStepSequence") or []:
+        if not isinstance(step, dict):
+            continue
+        ae = step.get("ScheduledStationAETitle")
+        if isinstance(ae, str) and ae:
+            stations.extend(v.strip() for v in ae.split("\\"))
+        date = step.get("ScheduledProcedureStepStartDate")
+        if isinstance(date, str) and date:
+            dates.append(date.strip().replace(".", ""))
+    out["station"] = stations
+    out["date"] = dates
+    return out

@@ -1,0 +1,89 @@
+"""The in-memory index: it follows commits, and what it narrows to never loses a match."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.scp.index import WorklistIndex
+from bridge.scp.matching import matches
+from bridge.scp.query import Key
+from bridge.store import ItemWrite, StoredItem
+
+VISIBLE = ("SCHEDULED", "ARRIVED")
+
+
+def item(accession: str, station: str, date: str, patient: str = "P1") -> dict:
+    return {"AccessionNumber": accession, "PatientID": patient,
+            "StudyInstanceUID": f"1.2.3.{accession}",
+            "ScheduledProcedureStepSequence": [{
+                "ScheduledStationAETitle": station, "ScheduledProcedureStepStartDate": date,
+                "ScheduledProcedureStepStartTime": "0900", "Modality": "CT",
+                "ScheduledProcedureStepID": f"S{accession}"}]}
+
+
+def accession_key(value: str) -> tuple[Key, ...]:
+    return (Key(0x00080050, "AccessionNumber", "SH", value),)
+
+
+def sps_key(**values: str) -> tuple[Key, ...]:
+    tags = {"ScheduledStationAETitle": (0x00400001, "AE"),
+            "ScheduledProcedureStepStartDate": (0x00400002, "DA"),
+            "Modality": (0x00080060, "CS")}
+    sub = tuple(Key(tags[k][0], k, tags[k][1], v) for k, v in values.items())
+    return (Key(0x00400100, "ScheduledProcedureStepSequence", "SQ", "", (sub,)),)
+
+
+def test_follows_commits() -> None:
+    index = WorklistIndex(VISIBLE)
+    index.load([StoredItem("k1", "o1", "SCHEDULED", True, item("A1", "CT1", "20240101"),
+                           "P1", 0.0)])
+    assert [e.item_key for e in index.candidates(accession_key("A1"))] == ["k1"]
+    # The order moves to another station: found under the new one only.
+    index.apply([ItemWrite("k1", "o1", "SCHEDULED", True, item("A1", "CT2", "20240101"))])
+    assert index.candidates(sps_key(ScheduledStationAETitle="CT1")) == []
+    assert [e.item_key for e in index.candidates(sps_key(ScheduledStationAETitle="CT2"))] \
+        == ["k1"]
+    # Completed: gone from every index.
+    index.apply([ItemWrite("k1", "o1", "COMPLETED", False, item("A1", "CT2", "20240101"))])
+    assert len(index) == 0
+    assert index.candidates(accession_key("A1")) == []
+    assert index.candidates(()) == []
+
+
+def test_scheduled_lookup_for_mpps() -> None:
+    index = WorklistIndex(VISIBLE)
+    index.apply([ItemWrite("k1", "o1", "SCHEDULED", True, item("A1", "CT1", "20240101")),
+                 ItemWrite("k2", "o2", "SCHEDULED", True, item("A2", "CT1", "20240101"))])
+    assert index.scheduled("1.2.3.A2", "", "", "SA2") == ["k2"]
+    assert index.scheduled("", "A1", "", "") == ["k1"]
+    assert index.scheduled("1.2.3.A2", "", "", "OTHER") == []
+    # A study UID the modality made up: the accession number still finds the item.
+    assert index.scheduled("1.2.999", "A1", "", "SA1") == ["k1"]
+    assert index.scheduled("", "", "", "SA1") == []
+
+
+stations = st.sampled_from(["CT1", "CT2", "MR1", "CT1\\MR1"])
+dates = st.sampled_from(["20240101", "20240102", "20240103"])
+accessions = st.sampled_from(["A1", "A2", "A3", "B1"])
+queries = st.one_of(
+    accessions.map(accession_key),
+    st.sampled_from(["A*", "?1", "*"]).map(accession_key),
+    stations.map(lambda s: sps_key(ScheduledStationAETitle=s.split("\\")[0])),
+    st.sampled_from(["CT*", "*1"]).map(lambda s: sps_key(ScheduledStationAETitle=s)),
+    st.sampled_from(["20240101", "20240101-20240102", "-20240102", "20240103-"]).map(
+        lambda d: sps_key(ScheduledProcedureStepStartDate=d)),
+    st.tuples(stations, dates).map(lambda t: sps_key(
+        ScheduledStationAETitle=t[0].split("\\")[0], ScheduledProcedureStepStartDate=t[1])),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(accessions, stations, dates), max_size=12), queries)
+def test_candidates_never_lose_a_match(rows, keys) -> None:
+    index = WorklistIndex(VISIBLE)
+    data = {f"k{i}": item(a, s, d) for i, (a, s, d) in enumerate(rows)}
+    index.apply([ItemWrite(k, k, "SCHEDULED", True, v) for k, v in data.items()])
+    expected = {k for k, v in data.items() if matches(keys, v)}
+    got = {e.item_key for e in index.candidates(keys) if matches(keys, e.data)}
+    assert got == expected
