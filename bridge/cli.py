@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_resync)
 
     p = sub.add_parser("import-wl", help="load .wl files (a wlmscpfs or Orthanc worklist "
-                       "folder) into the store; run it before `serve`")
+                       "folder) into the store")
     p.add_argument("folder", type=Path, help="folder with .wl files (searched recursively)")
     p.add_argument("--config", type=Path, default=Path("config.yaml"),
                    help="configuration file (default: ./config.yaml)")

@@ -35,6 +35,7 @@ class Housekeeper:
         self.on_change = on_change
         self.poll_interval = poll_interval
         self._seen = time.time()
+        self._version: int | None = None
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
@@ -58,12 +59,17 @@ class Housekeeper:
 
     async def pick_up_changes(self) -> None:
         now = time.time()
+        version = await self.store.run(self.store.store.outside_version)
+        if version == self._version:
+            self._seen = now
+            return  # no other process wrote: our own commits reached the views already
+        self._version = version
         changed = await self.store.run(self.store.store.items_changed_since, self._seen - 1.0)
         self._seen = now
         writes = [ItemWrite(i.item_key, i.order_key, i.status, i.visible, i.dataset)
                   for i in changed]
         if writes:
-            # Our own commits come back here too: listeners must treat writes as idempotent.
+            # Our own commits of the interval come back too: listeners are idempotent.
             self.on_change(writes)
 
     async def tidy(self) -> None:

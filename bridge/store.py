@@ -299,6 +299,11 @@ class Store:
                                (patient_id,)).fetchall()
         return [_item(r) for r in rows]
 
+    def outside_version(self) -> int:
+        """Changes when another connection (another process) has committed since the last
+        call; this connection's own commits leave it alone (SQLite's data_version)."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
     def items_changed_since(self, since: float) -> list[StoredItem]:
         rows = self.db.execute("SELECT * FROM items WHERE updated_at > ? ORDER BY updated_at",
                                (since,)).fetchall()

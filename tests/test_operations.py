@@ -101,3 +101,29 @@ async def test_housekeeping_expires_old_items_and_purges_the_journal(tmp_path) -
         assert [e.id for e in remaining] == [bad.journal_id]  # failed entries are kept
     finally:
         store.close()
+
+
+async def test_changes_by_another_process_reach_the_running_views(tmp_path) -> None:
+    """`worklist delete` run by an operator while the bridge runs: the housekeeper sees the
+    other connection's commit and hands the change to the listeners (the SCP's index)."""
+    config = load_config(ROOT / "config.yaml", environ={"BRIDGE_DATA_DIR": str(tmp_path / "data")})
+    store = AsyncStore(Store(config.store_path, ["folder"]))
+    try:
+        processor = Processor(config, load_profiles(config.mappings.dir), store)
+        await processor.handle(orm("O1", order="OUT").encode(), "t")
+        seen: list = []
+        keeper = Housekeeper(config, store, seen.extend)
+        await keeper.pick_up_changes()  # first call: learns the version
+        seen.clear()
+        await keeper.pick_up_changes()
+        assert seen == []  # nothing from outside
+        other = Store(config.store_path, ["folder"])
+        try:
+            from bridge.operations import worklist_delete
+            assert worklist_delete(other, "OUT^RIS|RP1|SPS1")
+        finally:
+            other.close()
+        await keeper.pick_up_changes()
+        assert [(w.item_key, w.visible) for w in seen] == [("OUT^RIS|RP1|SPS1", False)]
+    finally:
+        store.close()
