@@ -56,6 +56,9 @@ DEFAULT_TABLE: dict[str, Action] = {
     "CR_*": Action(_S, Status.CANCELED),
     "XR_*": Action(_R, Status.SCHEDULED),
     "OD_*": Action(_S, Status.DISCONTINUED),
+    # Hold takes the order off the worklist without ending it; release brings it back.
+    "HD_*": Action(_S, Status.DISCONTINUED),
+    "RL_*": Action(_S, Status.SCHEDULED),
     "SN_*": Action(_R, Status.SCHEDULED),
 }
 

@@ -101,7 +101,7 @@ async def test_xo_reschedules_and_keeps_the_study_uid(world: World) -> None:
 
 @pytest.mark.parametrize(("control", "status"), [
     ("CA", "CA"), ("CA", ""), ("DC", "CA"), ("DC", "IP"), ("OC", "CA"), ("CR", ""),
-    ("SC", "IP"), ("SC", "CM"), ("XO", "CM"), ("OD", ""),
+    ("SC", "IP"), ("SC", "CM"), ("XO", "CM"), ("OD", ""), ("HD", ""),
 ])
 async def test_orders_leave_the_worklist(world: World, control: str, status: str) -> None:
     order, acc = f"L3{control}{status}", f"L3{control}{status}ACC"
@@ -120,6 +120,28 @@ async def test_started_order_can_come_back_when_rescheduled(world: World) -> Non
     world.eventually(0, AccessionNumber="L4ACC")
     await world.send(orm("L4-3", order="L4", accession="L4ACC", control="SC", status="SC"))
     world.eventually(1, AccessionNumber="L4ACC")
+
+
+async def test_hold_and_release(world: World) -> None:
+    await world.send(orm("L6-1", order="L6", accession="L6ACC"))
+    world.eventually(1, AccessionNumber="L6ACC")
+    assert ack_code(await world.send(orm("L6-2", order="L6", control="HD", status=""))) == "AA"
+    world.eventually(0, AccessionNumber="L6ACC")
+    assert ack_code(await world.send(orm("L6-3", order="L6", control="RL", status=""))) == "AA"
+    world.eventually(1, AccessionNumber="L6ACC")
+
+
+@pytest.mark.parametrize(("name", "err"), [
+    # ORC-1 SR (a post-exam state request) is in no order-control table: AE at ORC-1.
+    ("ans-teleradiologie__OMI_O23_v251_SR_flux4.hl7", b"|ORC^1^1^1|101^"),
+    # Five SC/CA order groups whose first ORC carries no order number: nothing to apply
+    # them to, AE naming ORC-2 (the first source of the order key).
+    ("msfhirconv__OMG-O19-02.hl7", b"|ORC^1^2^1|101^"),
+])
+async def test_corpus_status_messages_that_cannot_apply_are_ae(world: World, name: str,
+                                                               err: bytes) -> None:
+    ack = await world.send(_corpus(name))
+    assert ack_code(ack) == "AE" and err in ack, ack
 
 
 async def test_unknown_order_control_is_ae_and_changes_nothing(world: World) -> None:
