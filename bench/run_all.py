@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +38,10 @@ def run(args: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--workdir", type=Path,
+                        help="generated .wl files and stores, shared by the C-FIND benches")
     args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-"))
     started = time.time()
     translate = run(["bench_translate.py", "--runs", "1000" if args.quick else "5000"])
     write_section(ROOT / "results.md", "Mapping speed",
@@ -47,11 +51,13 @@ def main() -> None:
     run(["bench_ingest.py", *(["--orders", "1000", "--paced-seconds", "2"] if args.quick
                               else [])])
     cfind = ROOT / "bench_cfind.py"
+    largest = 2000 if args.quick else 100_000
     if cfind.exists():
-        run(["bench_cfind.py", "--items", "2000" if args.quick else "100000"])
+        run(["bench_cfind.py", "--items", str(largest), "--workdir", str(work / str(largest))])
     scale = ROOT / "bench_scale.py"
     if scale.exists():
-        run(["bench_scale.py", *(["--sizes", "500,2000"] if args.quick else [])])
+        sizes = "500,2000" if args.quick else "1000,10000,100000"
+        run(["bench_scale.py", "--sizes", sizes, "--workdir", str(work)])
     print(f"all benchmarks done in {time.time() - started:.0f} s: bench/results.md")
 
 
