@@ -30,8 +30,13 @@ class ScpService:
 
     async def start(self) -> int:
         self._loop = asyncio.get_running_loop()
-        items = await self.store.run(self.store.store.items_with_status, self.index.statuses)
-        self.index.load(items)
+        # Page by page: a single list of every item would set the process's memory
+        # high-water mark at start-up, and CPython seldom gives that back.
+        after = ""
+        while page := await self.store.run(self.store.store.items_with_status,
+                                           self.index.statuses, after, 2000):
+            self.index.load(page)
+            after = page[-1].item_key
         # pynetdicom's server runs gc.collect() every minute or so; with a large worklist in
         # memory a full collection stalls every association. The loaded items live as long
         # as the process: keep them out of the collector's scans.
