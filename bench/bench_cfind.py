@@ -90,12 +90,17 @@ def findscu_keys(top: dict[str, str], step: dict[str, str]) -> list[str]:
 
 def pynetdicom_find(port: int, called: str, query: Dataset) -> int:
     ae = AE(ae_title="BENCH")
+    # wlmscpfs reads every file per query: with 100,000 files cold on disk the first one
+    # takes far longer than pynetdicom's default timeouts allow.
+    ae.dimse_timeout = ae.network_timeout = 900
     ae.add_requested_context(ModalityWorklistInformationFind)
     assoc = ae.associate("127.0.0.1", port, ae_title=called,
                          evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)])
     assert assoc.is_established, f"no association with {called} on {port}"
     count = 0
     for status, _ in assoc.send_c_find(query, ModalityWorklistInformationFind):
+        if "Status" not in status:
+            raise RuntimeError(f"C-FIND to {called} aborted (timeout or connection lost)")
         if status.Status in (0xFF00, 0xFF01):
             count += 1
     assoc.release()

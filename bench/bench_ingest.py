@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,39 @@ from bridge.client import MllpClient  # noqa: E402
 
 from orders import orm  # noqa: E402
 from peers import bridge_env, free_port, wait_for_port  # noqa: E402
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _family(pid: int) -> list[int]:
+    """The process and its children (the folder sink's writer process)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [pid, *map(int, out.split())]
+
+
+def cpu_split(port: int, pid: int, orders: int, connections: int, tag: str) -> dict:
+    """Orders/s over `connections`, and the CPU each process spent per order."""
+    family = _family(pid)
+    before = {p: _cpu_seconds(p) for p in family}
+    mine = time.process_time()
+    per = orders // connections
+    elapsed, _ = asyncio.run(run_load(port, [messages(f"{tag}{c}-", per)
+                                             for c in range(connections)]))
+    n = per * connections
+    split = {"rate": n / elapsed, "bridge": (_cpu_seconds(pid) - before[pid]) / n * 1000,
+             "writer": sum(_cpu_seconds(p) - before[p] for p in family[1:]) / n * 1000,
+             "client": (time.process_time() - mine) / n * 1000}
+    split["bridge_load"] = split["bridge"] * split["rate"] / 1000  # share of one core
+    return split
+
+
+@dataclass
+class Running:
+    port: int
+    pid: int
 
 
 @contextmanager
@@ -49,7 +83,7 @@ def server(kind: str, workdir: Path, extra_env: dict | None = None):
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, proc, timeout=30)
-        yield port
+        yield Running(port, proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -108,7 +142,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for kind in ("bare", "bridge"):
-            with server(kind, work, extra) as port:
+            with server(kind, work, extra) as running:
+                port = running.port
                 measure(kind, port, 200, 1, "warm")  # warm up imports, caches, the store
                 for connections in (1, 4):
                     rows[(kind, connections)] = measure(kind, port, args.orders, connections,
@@ -118,10 +153,21 @@ def main() -> None:
                     _, lat = asyncio.run(run_load(port, [messages("paced", n)], rate=200))
                     rows[("bridge", "paced")] = {"rate": 200.0, "p50": pct(lat, 50),
                                                  "p95": pct(lat, 95), "p99": pct(lat, 99)}
+        # Where four connections' time goes: CPU per order of each process, with and without
+        # the folder sink (its writer process encodes and writes the .wl files).
+        splits = {}
+        for label, env in (("with the .wl folder sink", {}),
+                           ("without it", {"BRIDGE_SINKS__FOLDER__ENABLED": "false"})):
+            (work / label[:7]).mkdir()
+            with server("bridge", work / label[:7], env) as running:
+                measure("bridge", running.port, 200, 1, "warm")
+                splits[label] = cpu_split(running.port, running.pid, args.orders, 4,
+                                          f"s{len(splits)}")
         (work / "strict").mkdir()
-        with server("bridge", work / "strict", {"BRIDGE_MLLP__STRICT": "true", **extra}) as port:
-            measure("bridge", port, 200, 1, "warm")
-            rows[("strict", 1)] = measure("bridge", port, args.orders // 2, 1, "strict")
+        with server("bridge", work / "strict", {"BRIDGE_MLLP__STRICT": "true", **extra}) \
+                as running:
+            measure("bridge", running.port, 200, 1, "warm")
+            rows[("strict", 1)] = measure("bridge", running.port, args.orders // 2, 1, "strict")
 
     def row(name: str, r: dict, ratio: str = "") -> str:
         return (f"| {name} | {r['rate']:,.0f} | {r['p50']:.2f} | {r['p95']:.2f} | "
@@ -147,7 +193,15 @@ def main() -> None:
         f"- ACK p99 < 20 ms at 200 orders/s: {paced['p99']:.2f} ms "
         f"({'met' if paced['p99'] < 20 else 'MISSED'})",
     ]
-    text = "\n".join([*lines, "", *verdicts])
+    split_lines = ["", "CPU per order with 4 connections (from /proc, same run):", "",
+                   "| bridge | orders/s | bridge process ms CPU/order (share of one core) | "
+                   "writer process ms/order | load generator ms/order |",
+                   "|---|---|---|---|---|"]
+    for label, sp in splits.items():
+        split_lines.append(f"| {label} | {sp['rate']:,.0f} | {sp['bridge']:.2f} "
+                           f"({sp['bridge_load'] * 100:.0f}%) | {sp['writer']:.2f} | "
+                           f"{sp['client']:.2f} |")
+    text = "\n".join([*lines, "", *verdicts, *split_lines])
     print(text)
     write_section(args.results, "MLLP ingest", (
         f"`python bench/bench_ingest.py --orders {args.orders}` on "
