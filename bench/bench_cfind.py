@@ -26,13 +26,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 import wlgen  # noqa: E402
+from bench_ingest import write_section  # noqa: E402
 from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.sequence import Sequence  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
@@ -165,24 +168,47 @@ def _env(data: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def compare(workdir: Path, folder: Path, data: Path, items: int) -> list[dict]:
+@dataclass
+class Servers:
+    bridge: subprocess.Popen
+    scp_port: int
+    wlm_port: int
+    startup_s: float  # bridge: process start to listening, its index loaded
+
+
+@contextmanager
+def servers(workdir: Path, folder: Path, data: Path) -> Iterator[Servers]:
+    """The bridge (SCP on, sinks off) on `data` and wlmscpfs on `folder`, TCP_NODELAY=1."""
     scp_port, mllp_port, wlm_port = free_port(), free_port(), free_port()
     log = open(workdir / "bridge.log", "wb")  # noqa: SIM115 - closed below
+    start = time.perf_counter()
     bridge = subprocess.Popen(
         [sys.executable, "-m", "bridge", "serve", "--config", str(ROOT / "config.yaml")],
         cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
         env=_env(data, BRIDGE_SCP__ENABLED="true", BRIDGE_SCP__PORT=str(scp_port),
-                 BRIDGE_MLLP__PORT=str(mllp_port)))
+                 BRIDGE_MLLP__PORT=str(mllp_port), BRIDGE_METRICS__ENABLED="false"))
     wlm_log = open(workdir / "wlmscpfs.log", "wb")  # noqa: SIM115 - closed below
     wlm = subprocess.Popen(["/usr/bin/wlmscpfs", "-dfp", str(folder.parent), str(wlm_port)],
                            stdout=wlm_log, stderr=subprocess.STDOUT,
                            env={**os.environ, "TCP_NODELAY": "1"})
-    rows = []
     try:
-        start = time.perf_counter()
-        wait_for_port(mllp_port, bridge, timeout=600)  # the SCP listens before MLLP
-        print(f"bridge up with {items} items in {time.perf_counter() - start:.1f} s")
+        wait_for_port(mllp_port, bridge, timeout=900)  # the SCP's index loads before MLLP
+        startup = time.perf_counter() - start
         wait_for_port(wlm_port, wlm)
+        yield Servers(bridge, scp_port, wlm_port, startup)
+    finally:
+        for proc in (bridge, wlm):
+            proc.terminate()
+            proc.wait(30)
+        log.close()
+        wlm_log.close()
+
+
+def compare(workdir: Path, folder: Path, data: Path, items: int) -> list[dict]:
+    rows = []
+    with servers(workdir, folder, data) as running:
+        scp_port, wlm_port = running.scp_port, running.wlm_port
+        print(f"bridge up with {items} items in {running.startup_s:.1f} s")
         specs = [wlgen.spec(i, DAYS) for i in range(items)]
         for name, top, step, predicate in queries(items):
             expected = sum(1 for spec in specs if predicate(spec))
@@ -211,12 +237,6 @@ def compare(workdir: Path, folder: Path, data: Path, items: int) -> list[dict]:
             rows.append({"concurrent": called, "one": one, "four": four})
             print(f"4 modalities at once, {called:10s}: one query {one * 1000:.1f} ms, "
                   f"four together {four * 1000:.1f} ms", flush=True)
-    finally:
-        for proc in (bridge, wlm):
-            proc.terminate()
-            proc.wait(30)
-        log.close()
-        wlm_log.close()
     return rows
 
 
@@ -360,25 +380,12 @@ def write_results(rows: list[dict], prof: dict, items: int) -> str:
     return "\n".join(lines)
 
 
-def save(section: str) -> Path:
-    """Replace the C-FIND section of bench/results.md (other sections are left alone)."""
-    path = ROOT / "bench" / "results.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find("## C-FIND")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-    return path
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--workdir", type=Path, help="reuse generated files across runs")
     parser.add_argument("--keep", action="store_true", help="keep a temporary workdir")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results.md")
     args = parser.parse_args()
     quiet_pynetdicom()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-cfind-"))
@@ -394,7 +401,8 @@ def main() -> int:
     print()
     print(section)
     print(prof["profile"])
-    print(f"written to {save(section)}")
+    write_section(args.results, "C-FIND", section.removeprefix("## C-FIND\n"))
+    print(f"written to {args.results}")
     return 0
 
 

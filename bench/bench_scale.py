@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,11 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT), str(ROOT / "tests")]
 
 import wlgen  # noqa: E402
-from bench_cfind import DAYS, SPS_DATE, STATION, WLM_AE, _env, findscu, prepare  # noqa: E402
+from bench_cfind import DAYS, SPS_DATE, STATION, WLM_AE, findscu, prepare, servers  # noqa: E402
 from bench_cfind import findscu_keys as keys_for  # noqa: E402
 from bench_ingest import write_section  # noqa: E402
 
-from peers import free_port, run_orthanc, wait_for_port  # noqa: E402
+from peers import run_orthanc  # noqa: E402
 
 SERVERS = ("bridge", "wlmscpfs", "Orthanc")
 
@@ -68,42 +67,22 @@ def rss_mb(pid: int) -> float:
 def measure(workdir: Path, items: int) -> dict:
     folder, data = prepare(workdir, items)
     specs = [wlgen.spec(i, DAYS) for i in range(items)]
-    scp_port, mllp_port, wlm_port = free_port(), free_port(), free_port()
     result: dict = {"items": items, "times": {}}
-    log = open(workdir / "bridge.log", "wb")  # noqa: SIM115 - closed below
-    start = time.perf_counter()
-    bridge = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve", "--config", str(ROOT / "config.yaml")],
-        cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-        env=_env(data, BRIDGE_SCP__ENABLED="true", BRIDGE_SCP__PORT=str(scp_port),
-                 BRIDGE_MLLP__PORT=str(mllp_port), BRIDGE_METRICS__ENABLED="false"))
-    wlm_log = open(workdir / "wlmscpfs.log", "wb")  # noqa: SIM115 - closed below
-    wlm = subprocess.Popen(["/usr/bin/wlmscpfs", "-dfp", str(folder.parent), str(wlm_port)],
-                           stdout=wlm_log, stderr=subprocess.STDOUT,
-                           env={**os.environ, "TCP_NODELAY": "1"})
-    try:
-        wait_for_port(mllp_port, bridge, timeout=900)  # the SCP's index loads before MLLP
-        result["startup_s"] = time.perf_counter() - start
-        wait_for_port(wlm_port, wlm)
-        with run_orthanc(workdir / "orthanc", folder, aet="ORTHANC") as orthanc_port:
-            ports = {"bridge": (scp_port, "BRIDGE_MWL"), "wlmscpfs": (wlm_port, WLM_AE),
-                     "Orthanc": (orthanc_port, "ORTHANC")}
-            for name, top, step, predicate in query_set(items):
-                expected = sum(1 for s in specs if predicate(s))
-                keys = keys_for(top, step)
-                for server, (port, called) in ports.items():
-                    repeat = 5 if server == "bridge" or items <= 10_000 else 3
-                    seconds = median_time(port, called, keys, expected, repeat)
-                    result["times"][(name, server)] = seconds
-                    print(f"{items:>7} items  {name:9s} ({expected:>4} answers)  {server:8s} "
-                          f"{seconds * 1000:9.1f} ms", flush=True)
-        result["rss_mb"] = rss_mb(bridge.pid)
-    finally:
-        for proc in (bridge, wlm):
-            proc.terminate()
-            proc.wait(30)
-        log.close()
-        wlm_log.close()
+    with servers(workdir, folder, data) as running, \
+            run_orthanc(workdir / "orthanc", folder, aet="ORTHANC") as orthanc_port:
+        result["startup_s"] = running.startup_s
+        ports = {"bridge": (running.scp_port, "BRIDGE_MWL"),
+                 "wlmscpfs": (running.wlm_port, WLM_AE), "Orthanc": (orthanc_port, "ORTHANC")}
+        for name, top, step, predicate in query_set(items):
+            expected = sum(1 for s in specs if predicate(s))
+            keys = keys_for(top, step)
+            for server, (port, called) in ports.items():
+                repeat = 5 if server == "bridge" or items <= 10_000 else 3
+                seconds = median_time(port, called, keys, expected, repeat)
+                result["times"][(name, server)] = seconds
+                print(f"{items:>7} items  {name:9s} ({expected:>4} answers)  {server:8s} "
+                      f"{seconds * 1000:9.1f} ms", flush=True)
+        result["rss_mb"] = rss_mb(running.bridge.pid)
     return result
 
 
@@ -152,7 +131,7 @@ def main() -> None:
             lines.append(f"| {r['items']:,} | {name} | {b:.1f} | {w:.1f} | {o:.1f} | "
                          f"{b / w:.3f} | {b / o:.3f} |")
     table = "\n".join(lines)
-    png = ROOT / "bench" / "cfind_scale.png"
+    png = args.results.parent / "cfind_scale.png"  # beside the results that link it
     chart(results, png)
     memory = ["| items | bridge start-up s | bridge RSS MB |", "|---|---|---|"]
     memory += [f"| {r['items']:,} | {r['startup_s']:.1f} | {r['rss_mb']:.0f} |" for r in results]

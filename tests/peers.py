@@ -30,7 +30,7 @@ ORTHANC_WORKLISTS_PLUGIN = "/usr/share/orthanc/plugins/libModalityWorklists.so"
 def missing_peer(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"peer missing under CI: {reason} (.ci/run must install it)")
-    pytest.skip(f"PEER MISSING, INTEGRATION TEST NOT RUN: {reason}")
+    pytest.skip(reason=f"PEER MISSING, INTEGRATION TEST NOT RUN: {reason}")
 
 
 def dcmtk(tool: str) -> str:

@@ -24,7 +24,8 @@ from listener_rig import (
     with_control_id,
 )
 
-CORPUS = Path("/work/shared/corpus/hl7")
+# The shared corpus beside the checkout (as in CI), else the copies in tests/fixtures/hl7.
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "hl7"
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "hl7"
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
