@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT), str(ROOT / "tests")]
 
 import wlgen  # noqa: E402
-from bench_cfind import DAYS, SPS_DATE, STATION, WLM_AE, findscu, prepare, servers  # noqa: E402
+from bench_cfind import DAYS, WLM_AE, findscu, prepare, queries, servers  # noqa: E402
 from bench_cfind import findscu_keys as keys_for  # noqa: E402
 from bench_ingest import write_section  # noqa: E402
 
@@ -37,14 +37,10 @@ SERVERS = ("bridge", "wlmscpfs", "Orthanc")
 
 
 def query_set(items: int) -> list[tuple[str, dict, dict, object]]:
-    accession = f"A{items * 54321 // 100_000:09d}"
-    return [
-        ("selective", {"AccessionNumber": accession}, {},
-         lambda s: s["AccessionNumber"] == accession),
-        ("typical", {}, {STATION: "STN07", SPS_DATE: "20240218"},
-         lambda s: s[STATION] == "STN07" and s[SPS_DATE] == "20240218"),
-        ("broad", {}, {SPS_DATE: "20240110"}, lambda s: s[SPS_DATE] == "20240110"),
-    ]
+    """bench_cfind's first three shapes: one accession, one station and day, one day."""
+    labels = ("selective", "typical", "broad")
+    return [(label, top, step, predicate)
+            for label, (_, top, step, predicate) in zip(labels, queries(items), strict=False)]
 
 
 def median_time(port: int, called: str, keys: list[str], expected: int, repeat: int) -> float:
