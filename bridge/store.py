@@ -580,7 +580,12 @@ class AsyncStore:
                     self._calls.put(None)  # stop after this group
                     break
                 group.append(more)
-            self._run_group(group)
+            # A caller that went away (its connection closed) cancelled its future: skip
+            # its call. The others are marked running, so they can no longer be cancelled
+            # and their results can always be set.
+            group = [c for c in group if c.future.set_running_or_notify_cancel()]
+            if group:
+                self._run_group(group)
 
     def _run_group(self, group: list[_Call]) -> None:
         db = self.store.db

@@ -1,0 +1,56 @@
+"""The store's thread: group commit, and callers that go away while it works."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from bridge.store import AsyncStore, Store
+
+
+async def test_a_cancelled_caller_does_not_stop_the_store_thread(tmp_path: Path) -> None:
+    store = AsyncStore(Store(tmp_path / "s.sqlite"))
+    gate = threading.Event()
+    try:
+        blocker = asyncio.ensure_future(store.run(gate.wait, 10))  # keeps the thread busy
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(store.run(store.store.journal_received, b"x", "p"))
+        running = asyncio.ensure_future(store.run(store.store.journal_received, b"y", "p"))
+        await asyncio.sleep(0.05)
+        queued.cancel()  # its connection closed while the call waited its turn
+        gate.set()
+        await blocker
+        journal_id = await asyncio.wait_for(running, 5)
+        # The thread is alive and serves the next call; the cancelled call never ran.
+        entries = await asyncio.wait_for(store.run(store.store.journal_entries), 5)
+        assert [e.raw for e in entries] == [b"y"] and entries[0].id == journal_id
+    finally:
+        store.close()
+
+
+async def test_calls_queued_together_commit_together_and_fail_alone(tmp_path: Path) -> None:
+    store = AsyncStore(Store(tmp_path / "s.sqlite"))
+    gate = threading.Event()
+
+    def fails() -> None:
+        store.store.db.execute("INSERT INTO journal (received_at, peer, raw) "
+                               "VALUES (1, 'z', x'00')")
+        raise ValueError("this call fails after writing")
+
+    try:
+        blocker = asyncio.ensure_future(store.run(gate.wait, 10))
+        await asyncio.sleep(0.05)
+        calls = [asyncio.ensure_future(store.run(store.store.journal_received, b"a", "p")),
+                 asyncio.ensure_future(store.run(fails)),
+                 asyncio.ensure_future(store.run(store.store.journal_received, b"b", "p"))]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[1], ValueError)
+        # The failing call's write was rolled back alone (its savepoint); the others hold.
+        entries = await store.run(store.store.journal_entries)
+        assert sorted(e.raw for e in entries) == [b"a", b"b"]
+    finally:
+        store.close()
