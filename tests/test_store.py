@@ -9,12 +9,24 @@ from pathlib import Path
 from bridge.store import AsyncStore, Store
 
 
+async def occupy(store: AsyncStore) -> tuple[asyncio.Future, threading.Event]:
+    """A call that holds the store's thread until the returned event is set; returns once
+    it is running, so that calls made next queue up behind it (and form one group)."""
+    started, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        gate.wait(10)
+
+    blocker = asyncio.ensure_future(store.run(hold))
+    await asyncio.to_thread(started.wait, 10)
+    return blocker, gate
+
+
 async def test_a_cancelled_caller_does_not_stop_the_store_thread(tmp_path: Path) -> None:
     store = AsyncStore(Store(tmp_path / "s.sqlite"))
-    gate = threading.Event()
     try:
-        blocker = asyncio.ensure_future(store.run(gate.wait, 10))  # keeps the thread busy
-        await asyncio.sleep(0.05)
+        blocker, gate = await occupy(store)
         queued = asyncio.ensure_future(store.run(store.store.journal_received, b"x", "p"))
         running = asyncio.ensure_future(store.run(store.store.journal_received, b"y", "p"))
         await asyncio.sleep(0.05)
@@ -31,7 +43,6 @@ async def test_a_cancelled_caller_does_not_stop_the_store_thread(tmp_path: Path)
 
 async def test_calls_queued_together_commit_together_and_fail_alone(tmp_path: Path) -> None:
     store = AsyncStore(Store(tmp_path / "s.sqlite"))
-    gate = threading.Event()
 
     def fails() -> None:
         store.store.db.execute("INSERT INTO journal (received_at, peer, raw) "
@@ -39,8 +50,7 @@ async def test_calls_queued_together_commit_together_and_fail_alone(tmp_path: Pa
         raise ValueError("this call fails after writing")
 
     try:
-        blocker = asyncio.ensure_future(store.run(gate.wait, 10))
-        await asyncio.sleep(0.05)
+        blocker, gate = await occupy(store)
         calls = [asyncio.ensure_future(store.run(store.store.journal_received, b"a", "p")),
                  asyncio.ensure_future(store.run(fails)),
                  asyncio.ensure_future(store.run(store.store.journal_received, b"b", "p"))]
