@@ -65,7 +65,9 @@ class Bridge:
             limits=Limits(mllp.max_message_bytes, mllp.max_connections, mllp.idle_timeout),
             ssl=server_context(mllp.tls) if mllp.tls.enabled else None, metrics=self.metrics)
         self.mllp_port: int | None = None
-        self.housekeeper = Housekeeper(config, self.store, self._outside_change)
+        # Changes another process wrote (journal replay, worklist delete, import-wl) reach
+        # the same listeners as the bridge's own commits.
+        self.housekeeper = Housekeeper(config, self.store, self._committed)
         self._watcher: asyncio.Task | None = None
         self.metrics_server = MetricsServer(self.metrics, self.health)
         self.metrics_port: int | None = None
@@ -99,12 +101,6 @@ class Bridge:
             w.notify()
         for listener in self.change_listeners:
             listener(writes)
-
-    def _outside_change(self, writes: Sequence[ItemWrite]) -> None:
-        for listener in self.change_listeners:
-            listener(writes)
-        for w in self.workers:
-            w.notify()
 
     async def start(self) -> None:
         interrupted = await self.store.run(self.store.store.recover)
