@@ -358,13 +358,6 @@ class Store:
         self.db.execute("DELETE FROM outbox WHERE state = 'done' AND created_at < ?", (before,))
         return cur.rowcount
 
-    def delete_item(self, item_key: str) -> bool:
-        """Forget an item entirely (after its sinks have removed it)."""
-        with self._transaction():
-            cur = self.db.execute("DELETE FROM items WHERE item_key = ?", (item_key,))
-            self.db.execute("DELETE FROM outbox WHERE item_key = ?", (item_key,))
-        return cur.rowcount > 0
-
     def set_status(self, item_keys: Iterable[str], status: str, visible: bool
                    ) -> list[ItemWrite]:
         """Change the status of existing items (MPPS) and queue them for every sink, in one
