@@ -147,23 +147,16 @@ def _translate(args: argparse.Namespace) -> int:
         return 2
     # Items on stdout (pipe-able JSON); what happened and why on stderr.
     print(dryrun.as_json(run) if args.format == "json" else dryrun.as_dump(run))
-    print(f"# {args.message}: profile {run.profile.name}", file=sys.stderr)
-    for note in run.notes:
-        print(f"# {note}", file=sys.stderr)
-    for warning in run.mapped.warnings:
-        print(f"# warning: {warning}", file=sys.stderr)
-    if args.trace:
-        print(dryrun.as_trace(run), file=sys.stderr)
+    print(dryrun.report(run, str(args.message), args.trace), file=sys.stderr)
     return 2 if run.failed else 0
 
 
 def _check_mapping(args: argparse.Namespace) -> int:
+    from bridge.mapping.dryrun import check_report
     from bridge.mapping.loader import load_files
 
     profiles = load_files(args.files)  # MappingError: main() prints it, exit 1
-    for p in profiles:
-        base = f", extends {p.extends}" if p.extends else ""
-        print(f"{p.file}: profile {p.name} ok ({', '.join(p.match.message_types)}{base})")
+    print("\n".join(check_report(profiles)))
     return 0
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from bridge import ack as acks
 from bridge.ack import AckError, ErrorLocation
+from bridge.completeness import check_order
 from bridge.config import Config
 from bridge.decoding import DecodeError, UnknownCharset, decode
 from bridge.lifecycle import (
@@ -189,6 +190,10 @@ class Processor:
             action = self._action(sender, order)
             if action.effect is Effect.REPLACE and order.error is not None:
                 raise self._field_rejection(order.error)
+            # An item wlmscpfs or Orthanc would skip is never AA'd silently (completeness.py).
+            if action.effect is Effect.REPLACE and \
+                    (gap := check_order(profile.attributes, order)) is not None:
+                raise self._field_rejection(gap)
         return mapped
 
     def _action(self, sender: str, order: MappedOrder) -> Action:
@@ -219,7 +224,7 @@ class Processor:
             from_message = [str(i.get("StudyInstanceUID", "")) in msg.decoded.text
                             for i in order.items]
             writes.extend(plan(order, current, action, self.control.visible, from_message))
-        return writes, mapped.warnings
+        return writes, mapped.specific_warnings  # recurring ones are counted (recurring.py)
 
     async def _patient_writes(self, msg: Message, profile: PatientProfile) -> list[ItemWrite]:
         event = msg.header(9, 2)

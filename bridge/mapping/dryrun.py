@@ -7,12 +7,14 @@ Output: DICOM JSON (PS3.18 F.2), a dcmdump-like listing, and the trace of every 
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from bridge.completeness import STEP_SEQUENCE, check_order, gaps, tidy
 from bridge.decoding import DecodeError, UnknownCharset, decode
 from bridge.dicomfile import to_dataset
 from bridge.lifecycle import MOVE_EVENTS, Effect, OrderControl, UnknownOrderControl
@@ -64,13 +66,9 @@ def translate(raw: bytes, profiles: list[Profile], *, default_charset: str = "88
     if not mapped.orders:
         raise MessageError(f"no {profile.group_segment} segment: the message carries no order")
     for order in mapped.orders:
-        for i, item in enumerate(order.items, start=1):
+        for item in order.items:
             if run.charset:
                 item["SpecificCharacterSet"] = run.charset
-            gaps = worklist_gaps(item)
-            if gaps:
-                run.notes.append(f"order {order.group_index}, item {i}: wlmscpfs would ignore "
-                                 f"it: {'; '.join(gaps)}")
         head = f"order {order.group_index} ({order.key}): ORC-1 {order.control!r}, " \
                f"ORC-5 {order.status!r}"
         try:
@@ -78,6 +76,12 @@ def translate(raw: bytes, profiles: list[Profile], *, default_charset: str = "88
         except UnknownOrderControl as exc:
             run.notes.append(f"{head}: {exc}; the bridge answers AE")
             action = None
+        if order.error is None and (gap := check_order(profile.attributes, order)):
+            # The processor's rule: an item a worklist peer would skip gets AE, not AA.
+            if action is None or action.effect is Effect.REPLACE:
+                run.failed = True
+                run.notes.append(f"{head}: {_field_error(gap)}; the bridge answers AE")
+                continue
         if order.error is not None:
             if action is None or action.effect is Effect.REPLACE:
                 run.failed = True
@@ -108,30 +112,11 @@ def _patient_run(profile: PatientProfile, msg: Message) -> DryRun:
     return run
 
 
-# What wlmscpfs (--enable-file-reject, its default) needs of a worklist file; a file without
-# them is silently left out of every answer (REFERENCE section 5).
-_SPS_NEEDS = ("ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
-              "ScheduledProcedureStepStartTime", "Modality", "ScheduledProcedureStepID")
-_TOP_NEEDS = ("RequestedProcedureID", "StudyInstanceUID", "PatientName", "PatientID")
-
-
 def worklist_gaps(item: dict) -> list[str]:
-    """Why wlmscpfs would ignore this item (empty: it would serve it)."""
-    gaps = [f"{k} is empty" for k in _TOP_NEEDS if not item.get(k)]
-    sps = item.get("ScheduledProcedureStepSequence")
-    if not isinstance(sps, list) or len(sps) != 1:
-        return [*gaps, "ScheduledProcedureStepSequence must hold exactly one item"]
-    step = sps[0]
-    gaps += [f"ScheduledProcedureStepSequence: {k} is empty" for k in _SPS_NEEDS
-             if not step.get(k)]
-    if not step.get("ScheduledProcedureStepDescription") and \
-            not step.get("ScheduledProtocolCodeSequence"):
-        gaps.append("neither ScheduledProcedureStepDescription nor "
-                    "ScheduledProtocolCodeSequence")
-    if not item.get("RequestedProcedureDescription") and \
-            not item.get("RequestedProcedureCodeSequence"):
-        gaps.append("neither RequestedProcedureDescription nor RequestedProcedureCodeSequence")
-    return gaps
+    """Why wlmscpfs would ignore this item (empty: it would serve it); see completeness.py."""
+    item = copy.deepcopy(item)
+    tidy(item)
+    return [g.text for g in gaps(item)]
 
 
 def _field_error(exc: MappingFieldError) -> str:
@@ -207,7 +192,51 @@ def _trace_lines(trace: Trace) -> list[str]:
     for e in trace.entries:
         value = "(left out)" if e.value is None else repr(e.value) \
             if not isinstance(e.value, list) else f"{len(e.value)} item(s) {e.value}"
-        steps = f" | {', '.join(e.transforms)}" if e.transforms else ""
-        lines.append(f"{e.attribute} = {value}  <- {e.source}{steps}")
+        steps = list(e.transforms)
+        if e.required:
+            steps.append("required")
+        elif e.value in ("", None) and e.source != "when" and e.source != "completeness":
+            steps.append("optional, empty")
+        flags = f" | {', '.join(steps)}" if steps else ""
+        lines.append(f"{e.attribute} = {value}  <- {e.source}{flags}")
+        if e.inputs:
+            # A derived UID changes when any of these does (docs/mapping.md, UIDs).
+            lines.append(f"    derived from: {e.inputs}")
         lines.extend(f"    warning: {w}" for w in e.warnings)
     return lines
+
+
+def empty_attributes(item: dict) -> list[str]:
+    """The worklist attributes of an item that came out empty (step attributes included)."""
+    out = [k for k, v in item.items() if v in ("", None)]
+    steps = item.get(STEP_SEQUENCE)
+    if isinstance(steps, list):
+        for i, step in enumerate(steps):
+            out += [f"{STEP_SEQUENCE}[{i}].{k}" for k, v in step.items() if v in ("", None)]
+    return out
+
+
+def report(run: DryRun, source: str, trace: bool = False) -> str:
+    """What `translate` prints on standard error: the profile, what the bridge would do,
+    the warnings, the trace if asked, and last the attributes that came out empty."""
+    out = [f"# {source}: profile {run.profile.name}"]
+    out += [f"# {note}" for note in run.notes]
+    out += [f"# warning: {w}" for w in run.mapped.warnings]
+    if trace:
+        out.append(as_trace(run))
+    for order in run.mapped.orders:
+        for i, item in enumerate(order.items, start=1):
+            empty = empty_attributes(item)
+            out.append(f"# order {order.group_index}, item {i}: empty: "
+                       f"{', '.join(empty) if empty else 'none'}")
+    return "\n".join(out)
+
+
+def check_report(profiles: list) -> list[str]:
+    """What `check-mapping` prints for valid profiles: one line each, then its warnings."""
+    out = []
+    for p in profiles:
+        base = f", extends {p.extends}" if p.extends else ""
+        out.append(f"{p.file}: profile {p.name} ok ({', '.join(p.match.message_types)}{base})")
+        out += [f"  warning: {w}" for w in getattr(p, "warnings", [])]
+    return out

@@ -38,6 +38,12 @@ class MappedMessage:
     def warnings(self) -> list[str]:
         return [w for t in self.traces for w in t.warnings]
 
+    @property
+    def specific_warnings(self) -> list[str]:
+        """What is specific to this message (its journal entry keeps these); recurring
+        warnings of a rule are counted per profile and rule instead (recurring.py)."""
+        return [w for t in self.traces for w in t.specific_warnings]
+
 
 class NoProfile(LookupError):
     """No mapping profile matches the message's type and sender."""
@@ -80,7 +86,8 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
     facts = {"sender": f"{msg.header(3)}|{msg.header(4)}", **(facts or {})}
     result = MappedMessage(profile=profile.name, orders=[])
     for index, group in enumerate(groups, start=1):
-        group_scope = Scope([group, header, msg.segments], msg.seps, facts, profile.uid_root)
+        group_scope = Scope([group, header, msg.segments], msg.seps, facts, profile.uid_root,
+                            profile.backslash)
         key = profile.order_key.evaluate(group_scope, None)
         control = profile.order_control.evaluate(group_scope, None)
         status = profile.order_status.evaluate(group_scope, None)
@@ -94,7 +101,7 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
         for level in item_levels:
             t = Trace() if trace else None
             scope = Scope([level, group, header, msg.segments], msg.seps, facts,
-                          profile.uid_root)
+                          profile.uid_root, profile.backslash)
             try:
                 items.append(evaluate_rules(profile.attributes, scope, t))
             except MappingFieldError as exc:

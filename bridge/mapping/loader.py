@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -18,6 +19,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from bridge.decoding import UnknownCharset, lookup_charset
+from bridge.completeness import STEP_SEQUENCE, profile_warnings
 from bridge.mapping.dicomdict import (
     check_uid,
     check_value,
@@ -25,7 +27,7 @@ from bridge.mapping.dicomdict import (
     item_problem,
     keyword_vr,
 )
-from bridge.mapping.rules import Rule, SequenceRule, Test
+from bridge.mapping.rules import MULTI_VALUE, Rule, SequenceRule, Test
 from bridge.mapping.transforms import CODE_TRANSFORMS, TRANSFORMS
 from bridge.message import Path, PathError
 
@@ -85,6 +87,10 @@ class Profile:
     uid_root: str = "2.25"  # root of derived and generated UIDs
     extends: str | None = None  # the base profile's name
     description: str = ""
+    backslash: str = "/"  # replaces a backslash inside one mapped value
+    # What check-mapping warns about without refusing the profile (items it can make
+    # that a worklist peer would ignore): "file:line:col: text".
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -96,7 +102,7 @@ class _Omit:
 
 
 _TOP_KEYS = {"profile", "description", "kind", "extends", "match", "charset", "uid_root",
-             "groups", "order", "attributes"}
+             "backslash", "groups", "order", "attributes"}
 _RULE_KEYS = {"from", "value", "template", "as", "replace", "map", "lookup", "map_default",
               "default", "required", "uid_from", "uid_root", "uid_generate", "when", "omit"}
 _MATCH_KEYS = {"message_type": "message_types", "sending_application": "sending_applications",
@@ -109,6 +115,45 @@ _SEGMENT = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 
 def _known(keys: object) -> str:
     return ", ".join(sorted(keys))  # type: ignore[call-overload]
+
+
+def did_you_mean(word: object, choices: object) -> str:
+    """' (did you mean X?)' for the closest of `choices`, or '' when none is close."""
+    close = difflib.get_close_matches(str(word), list(choices),  # type: ignore[call-overload]
+                                      n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _unknown(word: object, known: object) -> str:
+    """The tail of an "unknown key" message: the suggestion, else the list of known keys."""
+    return did_you_mean(word, known) or f" (known: {_known(known)})"
+
+
+# Standard segment names of HL7 v2.1 to v2.8.2 (the tables of hl7apy), so that a typo in a
+# path ("PDI-3") is caught at load; Z segments are site-defined and always allowed.
+HL7_SEGMENTS = frozenset("""
+ABS ACC ADD ADJ AFF AIG AIL AIP AIS AL1 APR ARQ ARV AUT BHS BLC BLG BPO BPX BTS BTX BUI CDM CDO
+CER CM0 CM1 CM2 CNS CON CSP CSR CSS CTD CTI DB1 DG1 DMI DON DPS DRG DSC DSP ECD ECR EDU EQL EQP
+EQU ERQ ERR EVN FAC FHS FT1 FTS GOL GP1 GP2 GT1 IAM IAR IIM ILT IN1 IN2 IN3 INV IPC IPR ISD ITM
+IVC IVT LAN LCC LCH LDP LOC LRL MCP MFA MFE MFI MRG MSA MSH NCK NDS NK1 NPU NSC NST NTE OBR OBX
+ODS ODT OM1 OM2 OM3 OM4 OM5 OM6 OM7 OMC ORC ORG ORO OVR PAC PCE PCR PD1 PDA PDC PEO PES PID PKG
+PM1 PMT PR1 PRA PRB PRC PRD PRT PSG PSH PSL PSS PTH PV1 PV2 PYE QAK QID QPD QRD QRF QRI RCP RDF
+RDT REL RF1 RFI RGS RMI ROL RQ1 RQD RX1 RXA RXC RXD RXE RXG RXO RXR RXV SAC SCD SCH SCP SDD SFT
+SGH SGT SHP SID SLT SPM SPR STF STZ TCC TCD TQ1 TQ2 TXA UAC UB1 UB2 URD URS VAR VND VTQ
+""".split())
+
+
+def segment_problem(name: str) -> str | None:
+    if name in HL7_SEGMENTS or name.startswith("Z"):
+        return None
+    return (f"{name!r} is not an HL7 segment{did_you_mean(name, HL7_SEGMENTS)} (site "
+            "segments start with Z)")
+
+
+def _dicom_keywords() -> list[str]:
+    from pydicom.datadict import keyword_dict
+
+    return list(keyword_dict)
 
 
 class _Reader:
@@ -148,9 +193,15 @@ class _Reader:
                              value=True)
                 continue
             try:
-                out.append(Path.parse(text))
+                path = Path.parse(text)
             except PathError as exc:
                 self.problem(node, key, str(exc), value=True)
+                continue
+            problem = segment_problem(path.segment)
+            if problem:
+                self.problem(node, key, f"{text}: {problem}", value=True)
+                continue
+            out.append(path)
         return out
 
     def template(self, node: CommentedMap, text: object) -> list[str | Path]:
@@ -187,8 +238,8 @@ class _Reader:
             if isinstance(expected, CommentedMap):
                 for k in expected:
                     if k not in ("matches", "not"):
-                        self.problem(expected, k, f"{keyword}: when {text}: unknown key {k!r} "
-                                                  "(known: matches, not)")
+                        self.problem(expected, k, f"{keyword}: when {text}: unknown key {k!r}"
+                                                  f"{_unknown(k, ('matches', 'not'))}")
                 if "matches" in expected:
                     try:
                         test.pattern = re.compile(str(expected["matches"]))
@@ -232,8 +283,7 @@ class _Reader:
             return rule
         for k in spec:
             if k not in _RULE_KEYS:
-                self.problem(spec, k, f"{keyword}: unknown key {k!r} (known: "
-                                      f"{_known(_RULE_KEYS)})")
+                self.problem(spec, k, f"{keyword}: unknown key {k!r}{_unknown(k, _RULE_KEYS)}")
         if spec.get("omit"):
             return _Omit(keyword, where)
         given = [k for k in ("from", "value", "template") if k in spec]
@@ -286,8 +336,8 @@ class _Reader:
     def transform(self, keyword: str, vr: str, spec: CommentedMap, rule: Rule) -> None:
         name = spec["as"]
         if name not in TRANSFORMS:
-            self.problem(spec, "as", f"{keyword}: unknown transform {name!r} "
-                                     f"(known: {_known(TRANSFORMS)})", value=True)
+            self.problem(spec, "as", f"{keyword}: unknown transform {name!r}"
+                                     f"{_unknown(name, TRANSFORMS)}", value=True)
         elif name in CODE_TRANSFORMS and vr != "SQ":
             self.problem(spec, "as", f"{keyword}: 'as: {name}' makes a code sequence item, "
                                      f"but {keyword} is {vr}, not a sequence", value=True)
@@ -379,6 +429,18 @@ class _Reader:
         if "uid_root" in spec:
             rule.uid_root = self.uid_root(spec, "uid_root")
 
+    def backslash(self, doc: CommentedMap, inherited: str) -> str:
+        """`backslash: "/"`: what replaces a backslash inside one mapped value."""
+        if "backslash" not in doc:
+            return inherited
+        text = "" if doc["backslash"] is None else str(doc["backslash"])
+        if MULTI_VALUE in text or len(text) > 4 or not text.isprintable():
+            self.problem(doc, "backslash", f"backslash: {text!r} cannot replace a backslash "
+                                           "(at most 4 printable characters, no backslash)",
+                         value=True)
+            return inherited
+        return text
+
     def uid_root(self, node: CommentedMap, key: str) -> str | None:
         root = str(node[key])
         problem = check_uid(root)
@@ -400,7 +462,8 @@ class _Reader:
         for keyword, spec in node.items():
             vr = keyword_vr(str(keyword))
             if vr is None:
-                self.problem(node, keyword, f"{keyword!r} is not a DICOM keyword")
+                self.problem(node, keyword, f"{keyword!r} is not a DICOM keyword"
+                                            f"{did_you_mean(keyword, _dicom_keywords())}")
                 continue
             problem = item_problem(str(keyword), parent)
             if problem:
@@ -574,7 +637,7 @@ def _load(file: FsPath, library: _Library) -> Profile:
         return _load_patient_profile(r, doc, file)
     for key in doc:
         if key not in _TOP_KEYS:
-            r.problem(doc, key, f"unknown key {key!r} (known: {_known(_TOP_KEYS)})")
+            r.problem(doc, key, f"unknown key {key!r}{_unknown(key, _TOP_KEYS)}")
     name = doc.get("profile")
     if not isinstance(name, str) or not name:
         r.problem(doc, None, "'profile' (the profile's name) is missing")
@@ -594,7 +657,7 @@ def _load(file: FsPath, library: _Library) -> Profile:
     if isinstance(spec, CommentedMap):
         for key, value in spec.items():
             if key not in _MATCH_KEYS:
-                r.problem(spec, key, f"match: unknown key {key!r} (known: {_known(_MATCH_KEYS)})")
+                r.problem(spec, key, f"match: unknown key {key!r}{_unknown(key, _MATCH_KEYS)}")
                 continue
             values = value if isinstance(value, list) else [value]
             setattr(match, _MATCH_KEYS[key], [str(v).strip() for v in values])
@@ -610,7 +673,8 @@ def _load(file: FsPath, library: _Library) -> Profile:
     if isinstance(groups, CommentedMap):
         for key, value in groups.items():
             if key not in ("per", "items"):
-                r.problem(groups, key, f"groups: unknown key {key!r} (known: items, per)")
+                r.problem(groups, key, f"groups: unknown key {key!r}"
+                                       f"{_unknown(key, ('items', 'per'))}")
             elif value is not None and not _SEGMENT.match(str(value)):
                 r.problem(groups, key, f"groups: {key}: {value!r} is not a segment name",
                           value=True)
@@ -630,7 +694,8 @@ def _load(file: FsPath, library: _Library) -> Profile:
     order = order or CommentedMap()
     for k in order:
         if k not in ("key", "control", "status"):
-            r.problem(order, k, f"order: unknown key {k!r} (known: control, key, status)")
+            r.problem(order, k, f"order: unknown key {k!r}"
+                                f"{_unknown(k, ('control', 'key', 'status'))}")
     order_rules: dict[str, Rule] = {}
     for k, vr in (("key", "LO"), ("control", "ID"), ("status", "ID")):
         if k in order or base is None:
@@ -659,6 +724,9 @@ def _load(file: FsPath, library: _Library) -> Profile:
     uid_root = base.uid_root if base else "2.25"
     if "uid_root" in doc:
         uid_root = r.uid_root(doc, "uid_root") or uid_root
+    backslash = r.backslash(doc, base.backslash if base else "/")
+    if base is not None or "extends" not in doc:
+        _check_step_sequence(attributes, r)
     if r.problems:
         raise MappingError(r.problems)
     return Profile(
@@ -668,7 +736,21 @@ def _load(file: FsPath, library: _Library) -> Profile:
         attributes=attributes, charset=str(charset) if charset else None, kind=kind,
         uid_root=uid_root, extends=base.name if base else None,
         description=str(doc.get("description", base.description if base else "")),
+        backslash=backslash, warnings=profile_warnings(attributes, str(file)),
     )
+
+
+def _check_step_sequence(attributes: list, r: _Reader) -> None:
+    """A worklist item has exactly one scheduled step: wlmscpfs ignores any other file, and
+    a YAML slip (two list items under an `extends`) would otherwise pass unnoticed."""
+    for rule in attributes:
+        if isinstance(rule, SequenceRule) and rule.keyword == STEP_SEQUENCE \
+                and rule.code_rule is None and len(rule.items) != 1:
+            r.problems.append(
+                f"{rule.where}: {STEP_SEQUENCE} must have exactly one item (a worklist item "
+                f"is one scheduled step), this profile gives {len(rule.items)}: write the "
+                "step's attributes as one list item ('- ' only before the first); see "
+                "'Extends' in docs/mapping.md for how items merge")
 
 
 def _load_patient_profile(r: _Reader, doc: CommentedMap, file: FsPath) -> PatientProfile:

@@ -7,7 +7,7 @@ patient's demographics. The lifecycle then applies the update to that patient's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ruamel.yaml.comments import CommentedMap
 
@@ -15,8 +15,8 @@ from bridge.mapping.engine import _groups
 from bridge.mapping.rules import Rule, Scope, SequenceRule, evaluate_rules
 from bridge.message import Message
 
-PATIENT_KEYS = {"profile", "description", "kind", "match", "charset", "groups", "patient",
-                "attributes"}
+PATIENT_KEYS = {"profile", "description", "kind", "match", "charset", "backslash", "groups",
+                "patient", "attributes"}
 
 
 @dataclass
@@ -32,6 +32,8 @@ class PatientProfile:
     kind: str = "patient"
     extends: str | None = None  # patient profiles do not extend others (yet)
     description: str = ""
+    backslash: str = "/"  # replaces a backslash inside one mapped value
+    warnings: list[str] = field(default_factory=list)  # check-mapping's (none yet)
 
 
 @dataclass
@@ -45,10 +47,12 @@ class PatientUpdate:
 def read_patient_profile(reader, doc: CommentedMap, name: str, match, file: str
                          ) -> PatientProfile:
     """Build a patient profile with the loader's reader (it collects the problems)."""
+    from bridge.mapping.loader import _unknown
+
     for key in doc:
         if key not in PATIENT_KEYS:
-            reader.problem(doc, key, f"unknown key {key!r} in a patient profile "
-                                     f"(known: {', '.join(sorted(PATIENT_KEYS))})")
+            reader.problem(doc, key, f"unknown key {key!r} in a patient profile"
+                                     f"{_unknown(key, PATIENT_KEYS)}")
     spec = doc.get("patient")
     if not isinstance(spec, CommentedMap) or "id" not in spec:
         reader.problem(doc, "patient" if "patient" in doc else None,
@@ -67,7 +71,7 @@ def read_patient_profile(reader, doc: CommentedMap, name: str, match, file: str
         name=name, file=file, match=match, group_segment=str(groups.get("per", "PID")),
         patient_id=patient_id, prior_id=prior_id,
         attributes=reader.attributes(doc.get("attributes") or CommentedMap()),
-        charset=str(charset) if charset else None)
+        charset=str(charset) if charset else None, backslash=reader.backslash(doc, "/"))
 
 
 def apply_patient_profile(profile: PatientProfile, msg: Message) -> list[PatientUpdate]:
@@ -75,7 +79,7 @@ def apply_patient_profile(profile: PatientProfile, msg: Message) -> list[Patient
     header, groups = _groups(msg.segments, profile.group_segment)
     updates = []
     for index, group in enumerate(groups, start=1):
-        scope = Scope([group, header, msg.segments], msg.seps)
+        scope = Scope([group, header, msg.segments], msg.seps, backslash=profile.backslash)
         patient_id = str(profile.patient_id.evaluate(scope, None))
         prior_id = str(profile.prior_id.evaluate(scope, None))
         values = evaluate_rules(profile.attributes, scope, None)

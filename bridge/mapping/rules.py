@@ -47,6 +47,21 @@ class MappingFieldError(Exception):
         self.where = where  # file:line:col of the rule, for the integrator (not the ACK)
 
 
+@dataclass(frozen=True)
+class MappingWarning:
+    """A warning about one value. `kind` is stable across messages (no values in it), so
+    that recurring warnings can be counted per profile and rule (mapping/recurring.py).
+    `specific` is False for what a rule gives every message of a sender (a code without
+    its scheme): counted and logged, but kept out of each message's journal entry."""
+
+    text: str
+    kind: str
+    specific: bool = True
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @dataclass
 class Scope:
     """Where a path looks for its segment: the item (IPC), its order group, the message.
@@ -59,6 +74,7 @@ class Scope:
     seps: Separators
     facts: dict[str, str] = field(default_factory=dict)  # values outside the message
     uid_root: str = "2.25"  # the profile's root for derived UIDs
+    backslash: str = "/"  # replaces a backslash inside one value (the profile's `backslash`)
 
     def read(self, path: Path) -> list[str]:
         for segments in self.levels:
@@ -81,7 +97,10 @@ class TraceEntry:
     value: object
     source: str  # the path (or "value", "template", "uid") that gave the value
     transforms: list[str]
-    warnings: list[str]
+    warnings: list[MappingWarning]
+    required: bool = False
+    where: str = ""  # file:line:col of the rule
+    inputs: str = ""  # what a derived UID was made from
 
 
 @dataclass
@@ -91,6 +110,16 @@ class Trace:
     @property
     def warnings(self) -> list[str]:
         return [f"{e.attribute}: {w}" for e in self.entries for w in e.warnings]
+
+    @property
+    def specific_warnings(self) -> list[str]:
+        """The warnings about this message's own data (what its journal entry keeps)."""
+        return [f"{e.attribute}: {w}" for e in self.entries for w in e.warnings if w.specific]
+
+    def warning_keys(self) -> list[tuple[str, str, str, str]]:
+        """(attribute, rule position, kind, text) of every warning, for counting."""
+        return [(e.attribute, e.where, w.kind, w.text) for e in self.entries
+                for w in e.warnings]
 
 
 @dataclass
@@ -153,7 +182,8 @@ class Rule:
                 return (values if self._every(path) else values[:1]), path.text
         return [], self.sources[0].text if self.sources else "value"
 
-    def _from_sources(self, scope: Scope, steps: list[str]) -> tuple[list[str], str]:
+    def _from_sources(self, scope: Scope, steps: list[str],
+                      warnings: list[MappingWarning]) -> tuple[list[str], str]:
         """The values of the first source that gives a non-empty value after the transform,
         replace and map: a date field holding "S" does not hide the next source's date."""
         name = self.transform or "text"
@@ -168,8 +198,24 @@ class Rule:
             values = [self._post(str(transform(raw, scope.seps)).strip(), steps) for raw in raws]
             values = [v for v in values if v]
             if values:
+                if not self._every(path):
+                    # One value asked for: a backslash in it would split it in two.
+                    values = [self._no_delimiter(v, path.text, scope, warnings)
+                              for v in values]
                 return values, path.text
         return [""], self.sources[0].text if self.sources else "value"
+
+    def _no_delimiter(self, value: str, source: str, scope: Scope,
+                      warnings: list[MappingWarning]) -> str:
+        """`value` without DICOM's value delimiter (a `\\E\\` in the HL7 gives one).
+
+        Text VRs (LT, ST, UT) hold one value and may contain a backslash: kept there."""
+        if MULTI_VALUE not in value or self.vr in MULTILINE_VRS or self.vr == "SQ":
+            return value
+        warnings.append(MappingWarning(
+            f"{source}: a backslash (DICOM's value delimiter) was replaced by "
+            f"{scope.backslash!r}", "backslash replaced"))
+        return value.replace(MULTI_VALUE, scope.backslash)
 
     @staticmethod
     def _every(path: Path) -> bool:
@@ -183,9 +229,10 @@ class Rule:
                     prefix + self.keyword, None, "when",
                     [f"skipped: not ({'; '.join(t.describe() for t in self.when)})"], []))
             return None
-        warnings: list[str] = []
+        warnings: list[MappingWarning] = []
         steps: list[str] = []
         source = "value"
+        inputs = ""
         if self.value is not None:
             values = [self.value]
         elif self.template is not None:
@@ -193,9 +240,11 @@ class Rule:
             values = ["".join(p if isinstance(p, str) else scope.first(p)
                               for p in self.template).strip()]
         else:
-            values, source = self._from_sources(scope, steps)
+            values, source = self._from_sources(scope, steps, warnings)
         if self.value is not None or self.template is not None:
             values = [self._post(v.strip(), steps) for v in values]
+        if self.template is not None:
+            values = [self._no_delimiter(v, "template", scope, warnings) for v in values]
         # Several values: DICOM values of a multi-valued attribute, or lines of a text.
         result = ("\r\n" if self.vr in MULTILINE_VRS else MULTI_VALUE).join(values)
         if not result and self.uid_from:
@@ -204,9 +253,11 @@ class Rule:
                 seed = scope.first(path)
                 if seed:
                     # The sender is part of the seed: two RIS may use the same accession.
-                    result = derived_uid(f"{scope.facts.get('sender', '')}|{path.text}|{seed}",
-                                         root)
+                    sender = scope.facts.get("sender", "")
+                    result = derived_uid(f"{sender}|{path.text}|{seed}", root)
                     source = f"uid from {path.text}"
+                    inputs = (f"sender {sender!r} (MSH-3|MSH-4), rule path {path.text!r}, "
+                              f"value {seed!r}, root {root}")
                     break
         if not result and self.uid_generate:
             result, source = new_uid(self.uid_root or scope.uid_root), "uid generated"
@@ -219,7 +270,7 @@ class Rule:
                 self.sources[0] if self.sources else None, self.keyword, self.where)
         if trace is not None:
             trace.entries.append(TraceEntry(prefix + self.keyword, result, source, steps,
-                                            warnings))
+                                            warnings, self.required, self.where, inputs))
         return result
 
     def _post(self, value: str, steps: list[str]) -> str:
@@ -245,7 +296,7 @@ class Rule:
             return f"{names[0]} is empty"
         return f"{', '.join(names[:-1])} and {names[-1]} are all empty"
 
-    def _fit(self, value: str, warnings: list[str]) -> str:
+    def _fit(self, value: str, warnings: list[MappingWarning]) -> str:
         if self.vr not in MULTILINE_VRS and ("\r" in value or "\n" in value):
             value = " ".join(value.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
         if self.vr in ASCII_VRS and not _PRINTABLE_ASCII.match(value):
@@ -253,12 +304,14 @@ class Rule:
             # and the item would never reach a sink although the sender got AA.
             fitted = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
             fitted = "".join(c for c in fitted if " " <= c <= "~")
-            warnings.append(f"{value!r} has characters {self.vr} cannot hold: {fitted!r} used")
+            warnings.append(MappingWarning(f"{value!r} has characters {self.vr} cannot hold: "
+                                           f"{fitted!r} used", "characters replaced"))
             value = fitted
         if self.vr in _NUMBER and value and not all(_NUMBER[self.vr].match(v)
                                                     for v in value.split(MULTI_VALUE)):
             # A number with its unit glued on ("15kg") would make an invalid file.
-            warnings.append(f"{value!r} is not a valid {self.vr} number: left empty")
+            warnings.append(MappingWarning(f"{value!r} is not a valid {self.vr} number: left "
+                                           "empty", "not a number"))
             return ""
         limit = MAX_LENGTH.get(self.vr)
         if self.vr == "PN":
@@ -266,7 +319,8 @@ class Rule:
             groups = value.split("=")
             for i, group in enumerate(groups):
                 if len(group) > 64:
-                    warnings.append(f"truncated from {len(group)} to 64 characters (PN)")
+                    warnings.append(MappingWarning(
+                        f"truncated from {len(group)} to 64 characters (PN)", "truncated"))
                     groups[i] = group[:64].rstrip("^ ")
             return "=".join(groups)
         if limit is None:
@@ -274,7 +328,8 @@ class Rule:
         parts = value.split(MULTI_VALUE) if self.vr not in MULTILINE_VRS else [value]
         for i, part in enumerate(parts):
             if len(part) > limit:
-                warnings.append(f"truncated from {len(part)} to {limit} characters ({self.vr})")
+                warnings.append(MappingWarning(
+                    f"truncated from {len(part)} to {limit} characters ({self.vr})", "truncated"))
                 parts[i] = part[:limit].rstrip()
         return MULTI_VALUE.join(parts)
 
@@ -313,32 +368,43 @@ class SequenceRule:
         raws, source = rule.raw_values(scope)
         transform = TRANSFORMS[rule.transform or "code"]
         codes = [c for c in (transform(raw, scope.seps) for raw in raws) if c]
-        warnings = []
+        warnings: list[MappingWarning] = []
         fitting = []
         for code in codes:
             if len(code["CodeValue"]) > 16 or len(code["CodingSchemeDesignator"]) > 16:
                 # Cutting an identifier would make another code: leave it out, say so.
-                warnings.append(f"{source}: code {code['CodeValue']!r} "
-                                f"({code['CodingSchemeDesignator']}) does not fit SH (16 "
-                                "characters): left out")
+                warnings.append(MappingWarning(
+                    f"{source}: code {code['CodeValue']!r} ({code['CodingSchemeDesignator']}) "
+                    "does not fit SH (16 characters): left out", "code too long"))
                 continue
+            for part in ("CodeValue", "CodingSchemeDesignator", "CodeMeaning"):
+                if MULTI_VALUE in code[part]:
+                    warnings.append(MappingWarning(
+                        f"{source}: a backslash (DICOM's value delimiter) in {part} was "
+                        f"replaced by {scope.backslash!r}", "backslash replaced"))
+                    code[part] = code[part].replace(MULTI_VALUE, scope.backslash)
             if len(code["CodeMeaning"]) > 64:
-                warnings.append(f"{source}: CodeMeaning truncated from "
-                                f"{len(code['CodeMeaning'])} to 64 characters (LO)")
+                warnings.append(MappingWarning(
+                    f"{source}: CodeMeaning truncated from {len(code['CodeMeaning'])} to 64 "
+                    "characters (LO)", "truncated"))
                 code["CodeMeaning"] = code["CodeMeaning"][:64].rstrip()
             fitting.append(code)
         dropped = len(codes) - len(fitting)
         codes = fitting
         if raws and len(codes) + dropped < len(raws):
-            warnings.append(f"{source}: an incomplete code (value, meaning and scheme are all "
-                            "needed) was left out")
+            # The same every time for a sender whose codes lack a scheme: counted per rule
+            # (see `omit: true` in docs/mapping.md), not repeated in every journal entry.
+            warnings.append(MappingWarning(
+                f"{source}: an incomplete code (value, meaning and scheme are all needed) was "
+                "left out", "incomplete code", specific=False))
         if rule.required and not codes:
             raise MappingFieldError(
                 f"{self.keyword} is required but {rule._sources_text()}",
                 rule.sources[0] if rule.sources else None, self.keyword, rule.where)
         if trace is not None:
             trace.entries.append(TraceEntry(prefix + self.keyword, codes or None, source,
-                                            [rule.transform or "code"], warnings))
+                                            [rule.transform or "code"], warnings,
+                                            rule.required, rule.where))
         return codes or None
 
 
