@@ -80,4 +80,5 @@ def test_the_bridge_refuses_to_start_with_an_invalid_mapping(tmp_path: Path) -> 
                                         "BRIDGE_MAPPINGS__DIR": str(mappings)})
     with pytest.raises(MappingError) as err:
         Bridge(config)
-    assert err.value.problems == [f"{bad}:4:3: 'PatientsName' is not a DICOM keyword"]
+    assert err.value.problems == [f"{bad}:4:3: 'PatientsName' is not a DICOM keyword (did you "
+                                  "mean PatientName?)"]

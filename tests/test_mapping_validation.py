@@ -31,13 +31,14 @@ CASES = [
     ("bad selector", HEAD + "  PatientID: 'PID-3[x].1'   #<\n",
      "PID-3[x].1: [x] is not an index, '*' or 'N=value'", None),
     ("unknown rule key", HEAD + "  PatientID: {from: PID-3, requried: true}   #<\n",
-     "PatientID: unknown key 'requried' (known: as, default, from, lookup, map, map_default, "
+     "PatientID: unknown key 'requried' (did you mean required?)", 28),
+    ("unknown rule key, nothing close", HEAD + "  PatientID: {from: PID-3, zzz: true}   #<\n",
+     "PatientID: unknown key 'zzz' (known: as, default, from, lookup, map, map_default, "
      "omit, replace, required, template, uid_from, uid_generate, uid_root, value, when)", 28),
     ("unknown top-level key", HEAD.replace("attributes:", "atributes: {}   #<\nattributes:"),
      "unknown key 'atributes'", 1),
     ("unknown transform", HEAD + "  PatientBirthDate: {from: PID-7, as: dat}   #<\n",
-     "PatientBirthDate: unknown transform 'dat' (known: code, code_alternate, date, pn, "
-     "text, time, timezone, upper, xcn)", None),
+     "PatientBirthDate: unknown transform 'dat' (did you mean date?)", None),
     ("transform for another VR", HEAD + "  PatientID: {from: PID-7, as: date}   #<\n",
      "PatientID: 'as: date' makes a DA value, but PatientID is LO", None),
     ("code transform on a non-sequence", HEAD + "  PatientID: {from: OBR-4, as: code}   #<\n",
@@ -114,6 +115,26 @@ CASES = [
      "'order' must give key, control and status rules", 1),
     ("unknown order key", HEAD.replace("status: ORC-5}", "status: ORC-5, id: ORC-4}   #<"),
      "order: unknown key 'id'", None),
+    # issue 16.5: typos get a suggestion
+    ("keyword typo", HEAD + "  AccesionNumber: OBR-18   #<\n",
+     "'AccesionNumber' is not a DICOM keyword (did you mean AccessionNumber?)", 3),
+    ("segment typo", HEAD + "  PatientID: PDI-3.1   #<\n",
+     "PDI-3.1: 'PDI' is not an HL7 segment (did you mean PID?)", 14),
+    ("top-level key typo", HEAD.replace("attributes:", "atributes: {}   #<\nattributes:"),
+     "unknown key 'atributes' (did you mean attributes?)", 1),
+    ("match key typo", HEAD.replace("match: {message_type: ORM^O01}",
+                                    "match: {message_typ: ORM^O01}   #<"),
+     "match: unknown key 'message_typ' (did you mean message_type?)", None),
+    # issue 16.1: a step sequence of two items (a YAML slip) is refused
+    ("two scheduled steps", HEAD + "  ScheduledProcedureStepSequence:   #<\n"
+     "    - Modality: OBR-24\n    - ScheduledStationAETitle: {value: CT1}\n",
+     "ScheduledProcedureStepSequence must have exactly one item (a worklist item is one "
+     "scheduled step), this profile gives 2", 3),
+    ("no scheduled step", HEAD + "  ScheduledProcedureStepSequence: []   #<\n",
+     "this profile gives 0", 3),
+    # issue 14.4: the backslash replacement cannot be a backslash
+    ("backslash replaced by a backslash", "backslash: '\\'   #<\n" + HEAD,
+     "backslash: '\\\\' cannot replace a backslash", 12),
 ]
 
 
@@ -219,7 +240,7 @@ def test_errors_in_the_base_profile_carry_the_base_file(tmp_path: Path) -> None:
     with pytest.raises(MappingError) as err:
         load_profiles(tmp_path)
     assert err.value.problems == [
-        f"{base}:5:3: 'PatientsName' is not a DICOM keyword",
+        f"{base}:5:3: 'PatientsName' is not a DICOM keyword (did you mean PatientName?)",
         f"{child}:2:10: extends: profile 'base' ({base}) has errors, listed with its file "
         "name"]
 

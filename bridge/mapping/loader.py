@@ -117,10 +117,10 @@ def _known(keys: object) -> str:
     return ", ".join(sorted(keys))  # type: ignore[call-overload]
 
 
-def did_you_mean(word: object, choices: object) -> str:
+def did_you_mean(word: object, choices: object, cutoff: float = 0.75) -> str:
     """' (did you mean X?)' for the closest of `choices`, or '' when none is close."""
     close = difflib.get_close_matches(str(word), list(choices),  # type: ignore[call-overload]
-                                      n=1, cutoff=0.75)
+                                      n=1, cutoff=cutoff)
     return f" (did you mean {close[0]}?)" if close else ""
 
 
@@ -146,7 +146,11 @@ SGH SGT SHP SID SLT SPM SPR STF STZ TCC TCD TQ1 TQ2 TXA UAC UB1 UB2 URD URS VAR 
 def segment_problem(name: str) -> str | None:
     if name in HL7_SEGMENTS or name.startswith("Z"):
         return None
-    return (f"{name!r} is not an HL7 segment{did_you_mean(name, HL7_SEGMENTS)} (site "
+    # Three letters: a swapped pair (PDI for PID) is the likeliest slip, then difflib.
+    swapped = sorted(s for s in HL7_SEGMENTS if sorted(s) == sorted(name))
+    hint = f" (did you mean {swapped[0]}?)" if swapped else \
+        did_you_mean(name, HL7_SEGMENTS, 0.6)
+    return (f"{name!r} is not an HL7 segment{hint} (site "
             "segments start with Z)")
 
 
