@@ -59,6 +59,8 @@ class Bridge:
         self.change_listeners: list[Callable[[Sequence[ItemWrite]], None]] = []
         self.processor = Processor(config, self.profiles, self.store, self._committed)
         self.metrics = Metrics()  # the SCP observes self.metrics.cfind_latency
+        self.processor.warnings.count = \
+            lambda *key: self.metrics.mapping_warnings.labels(*key).inc()
         mllp = config.mllp
         self.mllp = MllpServer(
             self.processor,
@@ -93,6 +95,7 @@ class Bridge:
             log.error("mappings not reloaded, still using the previous ones:\n%s", exc)
             return False
         self.profiles = self.processor.profiles = profiles
+        self.processor.warnings.reset()  # recurring warnings are logged once more
         log.info("mappings reloaded: %s", ", ".join(p.name for p in profiles))
         return True
 

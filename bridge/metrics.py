@@ -8,6 +8,9 @@ Metric names (all prefixed ``hl7bridge_``):
 - ``outbox_depth{sink}``: items waiting for each sink (read from the store at each scrape).
 - ``mllp_connections``: open MLLP connections; ``mllp_connections_closed_total{reason}``:
   connections the bridge closed (``max_connections``, ``idle_timeout``).
+- ``mapping_warnings_total{profile, rule, kind}``: mapping warnings (a code left out, a value
+  truncated...) per profile, rule (``Keyword (file.yaml:line:col)``) and kind; each is logged
+  once per mapping reload (``bridge/mapping/recurring.py``).
 - ``cfind_latency_seconds``: histogram for the MWL SCP to observe, one C-FIND from request to
   final status (``Bridge.metrics.cfind_latency.observe(seconds)``).
 
@@ -74,6 +77,9 @@ class Metrics:
         self.cfind_latency = Histogram("hl7bridge_cfind_latency_seconds", "MWL C-FIND, "
                                        "request to final status", buckets=_LATENCY_BUCKETS,
                                        registry=r)
+        self.mapping_warnings = Counter("hl7bridge_mapping_warnings", "Mapping warnings by "
+                                        "profile, rule and kind", ["profile", "rule", "kind"],
+                                        registry=r)
         self._types: set[str] = set()
 
     def message_answered(self, raw: bytes | None, result: str, seconds: float) -> None:

@@ -37,6 +37,7 @@ from bridge.mapping.engine import (
 )
 from bridge.mapping.loader import Profile
 from bridge.mapping.patient import PatientProfile, apply_patient_profile
+from bridge.mapping.recurring import WarningTally
 from bridge.mapping.rules import MappingFieldError
 from bridge.message import Message
 from bridge.store import AsyncStore, ItemWrite, StoredItem
@@ -70,6 +71,7 @@ class Processor:
         self.profiles = profiles
         self.store = store
         self.control = OrderControl(config.lifecycle)
+        self.warnings = WarningTally()  # recurring mapping warnings, counted (app.py wires it)
         # Called after each commit with the item writes: wakes the outbox workers and keeps
         # in-process views (the SCP's index) current.
         self.on_commit = on_commit
@@ -179,6 +181,7 @@ class Processor:
             mapped = apply_profile(profile, msg, trace=True)
         except MappingFieldError as exc:
             raise self._field_rejection(exc) from exc
+        self.warnings.record(mapped)
         if not mapped.orders:
             raise Rejection("AE", AckError(
                 acks.SEGMENT_SEQUENCE_ERROR,
