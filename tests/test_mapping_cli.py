@@ -137,3 +137,103 @@ def test_the_first_mapping_of_the_docs_works(tmp_path: Path,
     (item,) = json.loads(out)
     assert item["00080050"]["Value"] == ["MOF5026"]  # OBR-18
     assert item["00400100"]["Value"][0]["00400009"]["Value"] == ["SPS2032"]  # OBR-20
+
+
+# --- issue 16: mappings that cannot fail quietly ------------------------------------------
+
+def _base_and(tmp_path: Path, child: str) -> Path:
+    """A child profile next to a copy of the shipped ORM baseline, as an integrator has it."""
+    (tmp_path / "ihe-orm-o01.yaml").write_text((SHIPPED / "ihe-orm-o01.yaml").read_text())
+    return write(tmp_path, child, "site.yaml")
+
+
+def test_check_mapping_fails_on_a_step_sequence_of_two_items(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 16.1: the station AE and the modality written as two list items replaced the whole
+    # inherited step with a two-item sequence; check-mapping said "ok".
+    site = _base_and(tmp_path, """\
+        profile: site
+        extends: ihe-orm-o01
+        match: {sending_application: SITE}
+        attributes:
+          ScheduledProcedureStepSequence:
+            - ScheduledStationAETitle: {value: CT01}
+            - Modality: {from: OBR-21, required: true}
+        """)
+    code, out, err = run(capsys, "check-mapping", str(site))
+    assert code == 1, out
+    assert f"{site}:5:3: ScheduledProcedureStepSequence must have exactly one item" in err
+    assert "this profile gives 2" in err
+    # Written as one item, it merges with the base's step and keeps the rest.
+    site.write_text(site.read_text().replace("    - Modality", "      Modality"))
+    code, out, err = run(capsys, "check-mapping", str(site))
+    assert code == 0, err
+    assert "warning" not in out
+
+
+def test_check_mapping_warns_about_items_a_peer_would_ignore(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 14.3: no source at all for a description or a code: every item would be skipped.
+    bare = write(tmp_path, HEAD + """\
+          PatientID: PID-3.1
+          PatientName: PID-5
+          RequestedProcedureID: OBR-19
+          StudyInstanceUID: {from: ZDS-1.1, uid_from: OBR-18}
+          ScheduledProcedureStepSequence:
+            - Modality: OBR-24
+              ScheduledStationAETitle: {value: ANY}
+              ScheduledProcedureStepStartDate: {from: ORC-7.4, as: date}
+              ScheduledProcedureStepStartTime: {from: ORC-7.4, as: time}
+              ScheduledProcedureStepDescription: OBR-4.2
+        """, "bare.yaml")
+    code, out, err = run(capsys, "check-mapping", str(bare))
+    assert code == 0, err
+    assert f"  warning: {bare}:1:1: no rule for RequestedProcedureDescription nor " \
+           "RequestedProcedureCodeSequence" in out
+    assert f"  warning: {bare}:1:1: no rule for ScheduledProcedureStepSequence[0]." \
+           "ScheduledProcedureStepID" in out
+
+
+def test_translate_shows_required_and_lists_what_came_out_empty(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 16.2: an RIS that puts the accession in OBR-3: AA with an empty AccessionNumber.
+    from orders import orm
+
+    message = tmp_path / "obr3.hl7"
+    message.write_text(orm("E1", accession=""))
+    code, _, err = run(capsys, "translate", str(message), "--config", str(CONFIG), "--trace")
+    assert code == 0, err
+    assert "AccessionNumber = ''  <- OBR-18 | text, optional, empty" in err
+    assert "PatientID = 'P1'  <- PID-3.1 | text, required" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("# order 1, item 1: empty: ") and "AccessionNumber" in last
+    assert "PatientID" not in last
+
+
+def test_translate_shows_what_a_derived_uid_is_made_of(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 16.3: a derived UID depends on MSH-3/MSH-4 and the rule's path, not only the order.
+    from orders import orm
+
+    message = tmp_path / "nouid.hl7"
+    message.write_text(orm("U1", study_uid=""))
+    code, _, err = run(capsys, "translate", str(message), "--config", str(CONFIG), "--trace")
+    assert code == 0, err
+    assert "StudyInstanceUID = '2.25." in err and "<- uid from OBR-18" in err
+    assert "    derived from: sender 'RIS|HOSP' (MSH-3|MSH-4), rule path 'OBR-18', value " \
+           "'ACC1', root 2.25" in err
+    # The same order from a renamed sending application gets another UID: that is why.
+    other = tmp_path / "renamed.hl7"
+    other.write_text(orm("U1", study_uid="", sender="RIS2"))
+    _, out1, _ = run(capsys, "translate", str(message), "--config", str(CONFIG))
+    _, out2, _ = run(capsys, "translate", str(other), "--config", str(CONFIG))
+    assert json.loads(out1)[0]["0020000D"] != json.loads(out2)[0]["0020000D"]
+
+
+def test_translate_and_check_mapping_suggest_keywords(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write(tmp_path, HEAD + "  AccesionNumber: OBR-18\n", "typo.yaml")
+    code, _, err = run(capsys, "check-mapping", str(bad))
+    assert code == 1
+    assert f"{bad}:5:3: 'AccesionNumber' is not a DICOM keyword (did you mean " \
+           "AccessionNumber?)" in err
