@@ -13,7 +13,6 @@ from bridge.completeness import gaps, tidy
 from bridge.mapping.dryrun import translate
 from bridge.mapping.engine import apply_profile
 from bridge.mapping.loader import load_profile
-from bridge.mapping.recurring import WarningTally
 from bridge.metrics import Metrics
 
 from mapping_helpers import SHIPPED, text_message
@@ -116,7 +115,8 @@ def test_translate_says_the_bridge_answers_ae() -> None:
                                                                         "ihe-orm-o01.yaml")])
     assert run.failed
     assert any("neither ScheduledProcedureStepDescription" in n and "OBR-4.5, OBR-4.2, "
-               "OBR-44.2 and OBR-4 are all empty" in n and "the bridge answers AE" in n for n in run.notes), run.notes
+               "OBR-44.2 and OBR-4 are all empty" in n and "the bridge answers AE" in n
+               for n in run.notes), run.notes
 
 
 def test_backslash_replacement_is_set_per_profile_and_kept_for_several_values(

@@ -76,12 +76,12 @@ def translate(raw: bytes, profiles: list[Profile], *, default_charset: str = "88
         except UnknownOrderControl as exc:
             run.notes.append(f"{head}: {exc}; the bridge answers AE")
             action = None
-        if order.error is None and (gap := check_order(profile.attributes, order)):
-            # The processor's rule: an item a worklist peer would skip gets AE, not AA.
-            if action is None or action.effect is Effect.REPLACE:
-                run.failed = True
-                run.notes.append(f"{head}: {_field_error(gap)}; the bridge answers AE")
-                continue
+        gap = check_order(profile.attributes, order) if order.error is None else None
+        # The processor's rule: an item a worklist peer would skip gets AE, not AA.
+        if gap is not None and (action is None or action.effect is Effect.REPLACE):
+            run.failed = True
+            run.notes.append(f"{head}: {_field_error(gap)}; the bridge answers AE")
+            continue
         if order.error is not None:
             if action is None or action.effect is Effect.REPLACE:
                 run.failed = True

@@ -18,8 +18,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from bridge.decoding import UnknownCharset, lookup_charset
 from bridge.completeness import STEP_SEQUENCE, profile_warnings
+from bridge.decoding import UnknownCharset, lookup_charset
 from bridge.mapping.dicomdict import (
     check_uid,
     check_value,
@@ -131,7 +131,7 @@ def _unknown(word: object, known: object) -> str:
 
 # Standard segment names of HL7 v2.1 to v2.8.2 (the tables of hl7apy), so that a typo in a
 # path ("PDI-3") is caught at load; Z segments are site-defined and always allowed.
-HL7_SEGMENTS = frozenset("""
+_SEGMENT_TABLE = """
 ABS ACC ADD ADJ AFF AIG AIL AIP AIS AL1 APR ARQ ARV AUT BHS BLC BLG BPO BPX BTS BTX BUI CDM CDO
 CER CM0 CM1 CM2 CNS CON CSP CSR CSS CTD CTI DB1 DG1 DMI DON DPS DRG DSC DSP ECD ECR EDU EQL EQP
 EQU ERQ ERR EVN FAC FHS FT1 FTS GOL GP1 GP2 GT1 IAM IAR IIM ILT IN1 IN2 IN3 INV IPC IPR ISD ITM
@@ -140,7 +140,8 @@ ODS ODT OM1 OM2 OM3 OM4 OM5 OM6 OM7 OMC ORC ORG ORO OVR PAC PCE PCR PD1 PDA PDC 
 PM1 PMT PR1 PRA PRB PRC PRD PRT PSG PSH PSL PSS PTH PV1 PV2 PYE QAK QID QPD QRD QRF QRI RCP RDF
 RDT REL RF1 RFI RGS RMI ROL RQ1 RQD RX1 RXA RXC RXD RXE RXG RXO RXR RXV SAC SCD SCH SCP SDD SFT
 SGH SGT SHP SID SLT SPM SPR STF STZ TCC TCD TQ1 TQ2 TXA UAC UB1 UB2 URD URS VAR VND VTQ
-""".split())
+"""
+HL7_SEGMENTS = frozenset(_SEGMENT_TABLE.split())
 
 
 def segment_problem(name: str) -> str | None:
