@@ -7,15 +7,28 @@ What each message must give was read from the HL7 by hand; see tests/fixtures/hl
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from bridge.dicomfile import file_name, part10_bytes
 from bridge.mapping.dryrun import MessageError, translate, worklist_gaps
 from bridge.mapping.loader import load_profiles
 
-from peers import FIXTURES, ROOT, findscu_worklist, run_orthanc, run_wlmscpfs
+from orders import orm
+from peers import (
+    FIXTURES,
+    ROOT,
+    findscu_worklist,
+    free_port,
+    run_bridge,
+    run_orthanc,
+    run_wlmscpfs,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +142,53 @@ def test_every_order_message_is_served_or_named(tmp_path: Path) -> None:
                and str(ds.PatientID) == "4711471151")
     assert list(vet.ScheduledProcedureStepSequence[0].ScheduledStationAETitle) == \
         ["SSAET", "SSAET2"]
+
+
+# The shared corpus beside the checkout (as in CI), else the copies in tests/fixtures/hl7.
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "hl7"
+
+
+def _outbox_empty(metrics_port: int) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5) as r:
+        return json.load(r)["outbox"].get("folder") == 0
+
+
+def test_wlmscpfs_serves_every_file_the_bridge_writes_from_the_corpus(tmp_path: Path) -> None:
+    """Issue 14.3: every corpus message through a running bridge; real wlmscpfs (file reject
+    on, its default) must serve every .wl file written, and each AE names a field."""
+    corpus = CORPUS if CORPUS.is_dir() else FIXTURES
+    messages = sorted(corpus.glob("*.hl7"))
+    assert len(messages) >= 20
+    # And a procedure with neither description nor code (seen in published feeds): on the
+    # old code AA and a file wlmscpfs skips; now AE naming the field.
+    bare = tmp_path / "no-description-no-code.hl7"
+    bare.write_text(orm("BARE1", order="BARE").replace(
+        "CTHEAD^CT Head^LOCAL^CTH1^CT head plain^LOCAL", ""))
+    messages.append(bare)
+    folder = tmp_path / "wlm" / "WORKLIST"
+    metrics = free_port()
+    with run_bridge(tmp_path / "bridge", {"BRIDGE_SINKS__FOLDER__PATH": folder,
+                                          "BRIDGE_METRICS__PORT": metrics}) as bridge:
+        result = bridge.send(*messages)
+        blocks = result.stdout.split("\n# ")
+        for path in messages:
+            block = next(b for b in blocks if f"{path}: " in b)
+            code = block.split(f"{path}: ", 1)[1][:2]
+            assert code in ("AA", "AE", "AR"), block
+            if code != "AA":
+                err = next(line for line in block.splitlines() if line.startswith("ERR|"))
+                assert err.split("|")[2], f"{path.name}: ERR names no field: {err}"
+        assert "\nMSA|AE|BARE1" in result.stdout.split(f"{bare}: ", 1)[1][:400]
+        wait_for(lambda: _outbox_empty(metrics), timeout=30)
+    files = sorted(folder.glob("*.wl"))
+    assert len(files) >= 5, result.stdout  # the new orders that no later message cancels
+    written = sorted((str(pydicom.dcmread(f).PatientID),
+                      str(pydicom.dcmread(f).ScheduledProcedureStepSequence[0]
+                          .ScheduledProcedureStepID)) for f in files)
+    with run_wlmscpfs(tmp_path / "wlm") as port:
+        answers = findscu_worklist(port, "WORKLIST", KEYS, tmp_path / "answers")
+    served = sorted((str(ds.PatientID),
+                     str(ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID))
+                    for ds in answers)
+    # wlmscpfs drops an incomplete file without a word to the RIS: none may be missing.
+    assert served == written
