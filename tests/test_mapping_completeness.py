@@ -128,12 +128,14 @@ def test_backslash_replacement_is_set_per_profile_and_kept_for_several_values(
         "attributes:\n  PatientName: {from: PID-5, as: pn}\n"
         "  OtherPatientIDs: 'PID-3[*].1'\n  PatientComments: NTE-3\n")
     msg = text_message("MSH|^~\\&|A|B|C|D|||ORM^O01|1|P|2.3.1\nPID|||P1~P\\E\\2||A\\E\\B^C\n"
-                       "ORC|NW|X\nNTE|1||a\\E\\b\n")
+                       "ORC|NW|X\\E\\Y\nNTE|1||a\\E\\b\n")
     (order,) = apply_profile(load_profile(profile), msg, trace=True).orders
     (item,) = order.items
     assert item["PatientName"] == "A B^C"
     assert item["OtherPatientIDs"] == "P1\\P\\2"  # every repetition asked for: values
     assert item["PatientComments"] == "a\\b"  # LT holds one value: a backslash is text
+    # The order key is no DICOM value: kept exact, so that 'X\\Y' and 'X/Y' stay two orders.
+    assert order.key == "X\\Y"
 
 
 @pytest.mark.parametrize("name", ["ihe-orm-o01.yaml", "ihe-omi-o23.yaml", "ihe-omg-o19.yaml"])

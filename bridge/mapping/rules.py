@@ -212,6 +212,10 @@ class Rule:
         Text VRs (LT, ST, UT) hold one value and may contain a backslash: kept there."""
         if MULTI_VALUE not in value or self.vr in MULTILINE_VRS or self.vr == "SQ":
             return value
+        if self.keyword.startswith("order."):
+            # An order key is never written to DICOM; replacing would make 'A\\B' and
+            # 'A/B' the same order.
+            return value
         warnings.append(MappingWarning(
             f"{source}: a backslash (DICOM's value delimiter) was replaced by "
             f"{scope.backslash!r}", "backslash replaced"))

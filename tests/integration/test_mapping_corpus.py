@@ -180,6 +180,12 @@ def test_wlmscpfs_serves_every_file_the_bridge_writes_from_the_corpus(tmp_path: 
                 assert err.split("|")[2], f"{path.name}: ERR names no field: {err}"
         assert "\nMSA|AE|BARE1" in result.stdout.split(f"{bare}: ", 1)[1][:400]
         wait_for(lambda: _outbox_empty(metrics), timeout=30)
+        # Issue 16.4: codes without a scheme (openmrs, dmc) are counted and logged once.
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as r:
+            exposition = r.read().decode()
+        assert any(line.startswith("hl7bridge_mapping_warnings_total{") and
+                   'kind="incomplete code"' in line for line in exposition.splitlines())
+        assert bridge.log().count("logged once until the mappings reload") >= 1
     files = sorted(folder.glob("*.wl"))
     assert len(files) >= 5, result.stdout  # the new orders that no later message cancels
     written = sorted((str(pydicom.dcmread(f).PatientID),
