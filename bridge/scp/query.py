@@ -5,6 +5,11 @@ for sequences), so that matching works on plain strings and never touches pydico
 What real modalities send is tolerated here: group-length elements (also inside sequence
 items) are dropped, values are stripped of the padding some send after a wildcard, and
 private or unknown keys come through with an empty value so they are returned empty.
+
+What the standard does not allow is refused (`InvalidKey`, answered A900), never read as
+universal matching by accident: a key sent as OB, OW or a sequence where the dictionary
+says text (or text where it says sequence), and a value made only of NUL characters. NUL
+after a real value is padding and is stripped, as spaces are.
 """
 
 from __future__ import annotations
@@ -54,23 +59,70 @@ class Query:
     def key(self, tag: int) -> Key | None:
         return next((k for k in self.keys if k.tag == tag), None)
 
-    def describe(self) -> str:
-        """The keys with a value, for a log line: `PatientName=DOE* SPS.Modality=CT`."""
-        return " ".join(_describe(self.keys, "")) or "(all)"
+    def describe(self, log_phi: bool = False) -> str:
+        """The keys with a value, for a log line. Values (patient names, IDs, birth dates)
+        only with `log_phi`: `PatientName=DOE* SPS.Modality=CT`; else the kind of
+        matching: `PatientName~wildcard SPS.Modality~value`. Each value and the whole text
+        are cut to a bounded length (a query value of 215 KB once made one log line)."""
+        parts = _describe(self.keys, "", log_phi)
+        text = " ".join(parts[:MAX_LOGGED_KEYS]) or "(all)"
+        if len(parts) > MAX_LOGGED_KEYS:
+            text += f" (+{len(parts) - MAX_LOGGED_KEYS} more keys)"
+        return text
 
 
-def _describe(keys: tuple[Key, ...], prefix: str) -> list[str]:
+# Bounds of what a log line shows of a query.
+MAX_LOGGED_VALUE = 64
+MAX_LOGGED_KEYS = 20
+
+
+def tag_name(tag: int) -> str:
+    return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _describe(keys: tuple[Key, ...], prefix: str, log_phi: bool) -> list[str]:
     out = []
     for k in keys:
-        name = k.keyword or f"({k.tag >> 16:04X},{k.tag & 0xFFFF:04X})"
+        name = k.keyword or tag_name(k.tag)
         if k.is_sequence:
             for item in k.items:
-                out.extend(_describe(item, f"{prefix}{name}."))
-        elif k.value and k.returned:
-            out.append(f"{prefix}{name}={k.value}")
+                out.extend(_describe(item, f"{prefix}{name}.", log_phi))
         elif k.value:
-            out.append(f"{prefix}{name}={k.value} (added)")
+            shown = f"={_cut(k.value)}" if log_phi else f"~{_kind_of_matching(k)}"
+            out.append(f"{prefix}{name}{shown}" + ("" if k.returned else " (added)"))
     return out
+
+
+def _cut(value: str) -> str:
+    if len(value) <= MAX_LOGGED_VALUE:
+        return value
+    return f"{value[:MAX_LOGGED_VALUE]}...({len(value)} chars)"
+
+
+def _kind_of_matching(key: Key) -> str:
+    # matching.py imports this module: its VR sets are looked up here, when needed.
+    from bridge.scp.matching import NO_WILDCARD_VRS, RANGE_VRS, SINGLE_VALUED_TEXT
+
+    if key.value == "*":
+        return "universal"
+    if key.vr in RANGE_VRS and "-" in key.value:
+        return "range"
+    if key.vr not in NO_WILDCARD_VRS and ("*" in key.value or "?" in key.value):
+        return "wildcard"
+    if key.vr not in SINGLE_VALUED_TEXT and "\\" in key.value:
+        return "list"
+    return "value"
+
+
+class InvalidKey(ValueError):
+    """A key the standard does not allow in a C-FIND identifier: the query is refused."""
+
+    # The text names a tag and VRs, never a value: logged whatever log_phi says.
+    phi_free = True
+
+    def __init__(self, tag: int, reason: str):
+        super().__init__(f"{tag_name(tag)} {reason}")
+        self.tag = tag
 
 
 def parse(identifier: Dataset) -> Query:
@@ -82,14 +134,19 @@ def parse(identifier: Dataset) -> Query:
 
 def _keys(ds: Dataset) -> tuple[Key, ...]:
     keys = []
-    for elem in ds:
-        tag = int(elem.tag)
+    # Unconverted first: pydicom strips NUL padding when it decodes text, and a value
+    # made only of NULs must not turn into an empty value (universal matching).
+    for raw in ds.elements():
+        tag = int(raw.tag)
         if tag & 0xFFFF == 0 or tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL):
             continue  # group length: a leftover of old encoders, never a key
         keyword = "" if Tag(tag).is_private else keyword_for_tag(tag)
+        elem = ds[tag]
         vr = elem.VR
         if vr in ("UN", None) and keyword:
             vr = dictionary_VR(tag)  # sent in implicit VR or as UN: use the dictionary
+        if keyword:
+            _check(tag, vr, raw.value)
         if vr == "SQ":
             items = tuple(_keys(item) for item in (elem.value or []))
             keys.append(Key(tag, keyword, "SQ", "", items))
@@ -98,6 +155,39 @@ def _keys(ds: Dataset) -> tuple[Key, ...]:
         else:
             keys.append(Key(tag, keyword, vr, _text(elem.value)))
     return tuple(keys)
+
+
+# VRs whose value is bytes, not text (PS3.5 6.2); a sequence is a third kind.
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
+# Character string VRs: only these can hold a value of "NUL characters only" (a binary
+# number such as US 0 is two NUL bytes, and rightly so).
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH",
+                         "ST", "TM", "UC", "UI", "UR", "UT"})
+
+
+def _kind_of_vr(vr: str) -> str:
+    return "sequence" if vr == "SQ" else "bytes" if vr in _BINARY_VRS else "text"
+
+
+def _check(tag: int, vr: str, raw_value: object) -> None:
+    """Refuse what would otherwise match everything: an OB/OW/SQ value where the
+    dictionary says text (its bytes read as no value at all), and a value of NULs only.
+    Text VRs sent for one another (LO for SH, CS for LO) are only text: accepted."""
+    expected = dictionary_VR(tag)
+    # Some dictionary entries allow two VRs ("OB or OW", "US or SS").
+    if _kind_of_vr(vr) not in {_kind_of_vr(v) for v in expected.split(" or ")}:
+        raise InvalidKey(tag, f"sent as {vr} where {expected} is expected")
+    if vr in _STRING_VRS and _only_nul(raw_value):
+        raise InvalidKey(tag, "has a value of NUL characters only")
+
+
+def _only_nul(value: object) -> bool:
+    # PS3.5 6.1.3: NUL is not a character of text values, only UI padding.
+    if isinstance(value, bytes | bytearray):
+        return b"\x00" in value and not value.strip(b"\x00 \\")
+    if isinstance(value, MultiValue | list):
+        value = "\\".join(str(v) for v in value)
+    return isinstance(value, str) and "\x00" in value and not value.strip("\x00 \\")
 
 
 def _text(value: object) -> str:
