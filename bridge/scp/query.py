@@ -141,12 +141,15 @@ def _keys(ds: Dataset) -> tuple[Key, ...]:
         if tag & 0xFFFF == 0 or tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL):
             continue  # group length: a leftover of old encoders, never a key
         keyword = "" if Tag(tag).is_private else keyword_for_tag(tag)
+        if keyword:
+            # Before decoding: a refused value is never read. Implicit VR and UN say
+            # nothing about the VR: the dictionary's is taken, so only the value counts.
+            sent = raw.VR if raw.VR not in ("UN", None) else dictionary_VR(tag)
+            _check(tag, sent, raw.value)
         elem = ds[tag]
         vr = elem.VR
         if vr in ("UN", None) and keyword:
             vr = dictionary_VR(tag)  # sent in implicit VR or as UN: use the dictionary
-        if keyword:
-            _check(tag, vr, raw.value)
         if vr == "SQ":
             items = tuple(_keys(item) for item in (elem.value or []))
             keys.append(Key(tag, keyword, "SQ", "", items))

@@ -372,6 +372,10 @@ class PeerLimit:
 class _LimitedServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with each connection checked by `PeerLimit`."""
 
+    # socketserver's listen backlog, 5 by default: a burst of connections (a scanner)
+    # filled it, and a modality's connect then waited for a SYN retry (1 s and more).
+    request_queue_size = 128
+
     def __init__(self, *args, peers: PeerLimit, **kwargs):
         self.peers = peers
         super().__init__(*args, **kwargs)
