@@ -198,14 +198,33 @@ def test_query_log_has_no_patient_data_without_log_phi(serve, caplog) -> None:
         assert value not in text
 
 
+def test_invalid_values_reach_no_log_through_pydicom(serve, caplog, recwarn) -> None:
+    # pydicom's validation, had it decoded these, would warn with the value itself
+    # ("Invalid value for VR UI: '...'") on the pydicom logger, outside our log lines.
+    server = serve()
+    with caplog.at_level(logging.DEBUG):
+        answers, final = find(server.port, query(
+            DataElement(0x0020000D, "UI", NAME, validation_mode=IGNORE),
+            DataElement(0x00080050, "SH", PATIENT_ID * 3, validation_mode=IGNORE),
+            DataElement(0x00291010, "UI", BIRTH_DATE + "^X", validation_mode=IGNORE)))
+    assert final.Status == 0x0000 and answers == []
+    scp_side = "\n".join(r.getMessage() for r in caplog.records
+                         if r.name.startswith(("bridge", "pydicom")))
+    for value in (NAME, PATIENT_ID, BIRTH_DATE):
+        assert value not in scp_side
+
+
 def test_query_log_values_with_log_phi_are_cut(serve, caplog) -> None:
     server = serve(log_phi=True)
     with caplog.at_level(logging.INFO, logger="bridge.scp.server"):
         find(server.port, phi_query())
-        find(server.port, query(PatientName="X" * 60_000 + "*"))
+        find(server.port, query(DataElement(0x00100010, "PN", "X" * 60_000 + "*",
+                                            validation_mode=IGNORE)))
+        find(server.port, query(PatientID="P1\r\n2026-01-01 INFO forged line"))
     lines = [r.getMessage() for r in caplog.records if "C-FIND" in r.getMessage()]
     assert f"PatientName={NAME}" in lines[0] and f"PatientID={PATIENT_ID}" in lines[0]
     assert "(60001 chars)" in lines[1] and len(lines[1]) < 500
+    assert "\n" not in lines[2] and "P1\\x0d\\x0a2026" in lines[2]
 
 
 # --- issue 15.3: idle connections, floods from one address ----------------------------------

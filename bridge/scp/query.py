@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
@@ -94,9 +96,12 @@ def _describe(keys: tuple[Key, ...], prefix: str, log_phi: bool) -> list[str]:
 
 
 def _cut(value: str) -> str:
+    shown = value[:MAX_LOGGED_VALUE]
+    # Control characters escaped: a CR or LF in a query value must not forge a log line.
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown)
     if len(value) <= MAX_LOGGED_VALUE:
-        return value
-    return f"{value[:MAX_LOGGED_VALUE]}...({len(value)} chars)"
+        return shown
+    return f"{shown}...({len(value)} chars)"
 
 
 def _kind_of_matching(key: Key) -> str:
@@ -129,10 +134,17 @@ def parse(identifier: Dataset) -> Query:
     charset = identifier.get("SpecificCharacterSet", "")
     if isinstance(charset, MultiValue):
         charset = "\\".join(charset)
-    return Query(_keys(identifier), str(charset or "").strip())
+    charset = str(charset or "").strip()
+    return Query(_keys(identifier, _encodings(charset)), charset)
 
 
-def _keys(ds: Dataset) -> tuple[Key, ...]:
+def _encodings(charset: str) -> list[str]:
+    # pydicom's Python codecs for the query's SpecificCharacterSet (its default when the
+    # term is unknown: pydicom warns with the term, which is not patient data).
+    return convert_encodings(charset.split("\\") if charset else None)
+
+
+def _keys(ds: Dataset, encodings: list[str]) -> tuple[Key, ...]:
     keys = []
     # Unconverted first: pydicom strips NUL padding when it decodes text, and a value
     # made only of NULs must not turn into an empty value (universal matching).
@@ -146,12 +158,21 @@ def _keys(ds: Dataset) -> tuple[Key, ...]:
             # nothing about the VR: the dictionary's is taken, so only the value counts.
             sent = raw.VR if raw.VR not in ("UN", None) else dictionary_VR(tag)
             _check(tag, sent, raw.value)
+            if sent in _STRING_VRS and isinstance(raw, RawDataElement):
+                # Decoded here, not by pydicom: its validation warns with the value
+                # ("Invalid value for VR UI: '...'"), and a query value may be a
+                # patient's name whatever its VR.
+                keys.append(Key(tag, keyword, sent, _decoded(raw.value, sent, encodings)))
+                continue
+        elif raw.VR not in ("SQ", "UN", None) and isinstance(raw, RawDataElement):
+            keys.append(Key(tag, "", raw.VR))  # private or unknown, as below, unread
+            continue
         elem = ds[tag]
         vr = elem.VR
         if vr in ("UN", None) and keyword:
             vr = dictionary_VR(tag)  # sent in implicit VR or as UN: use the dictionary
         if vr == "SQ":
-            items = tuple(_keys(item) for item in (elem.value or []))
+            items = tuple(_keys(item, encodings) for item in (elem.value or []))
             keys.append(Key(tag, keyword, "SQ", "", items))
         elif not keyword:
             keys.append(Key(tag, "", vr))  # private or unknown: returned empty, not matched
@@ -191,6 +212,25 @@ def _only_nul(value: object) -> bool:
     if isinstance(value, MultiValue | list):
         value = "\\".join(str(v) for v in value)
     return isinstance(value, str) and "\x00" in value and not value.strip("\x00 \\")
+
+
+# Where the ISO 2022 escape state returns to the default (PS3.5 6.1.2.5.3): value and
+# line delimiters, and in PN its component and group separators.
+_DELIMITERS = {"PN": {0x5C, 0x5E, 0x3D}, "LT": {0x0D, 0x0A, 0x09, 0x0C},
+               "ST": {0x0D, 0x0A, 0x09, 0x0C}, "UT": {0x0D, 0x0A, 0x09, 0x0C}}
+# The VRs a SpecificCharacterSet applies to; the others are in the default repertoire.
+_CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+
+
+def _decoded(value: bytes | None, vr: str, encodings: list[str]) -> str:
+    if not value:
+        return ""
+    if vr in _CHARSET_VRS:
+        text = decode_bytes(value, encodings, _DELIMITERS.get(vr, {0x5C}))
+    else:
+        text = value.decode("latin-1")
+    # Some modalities pad the value, wildcards included ("* "); NULs are padding too.
+    return text.strip(" \x00")
 
 
 def _text(value: object) -> str:
