@@ -77,7 +77,7 @@ class Bridge:
             warm_up()
         # Built-in MWL SCP: its index follows every commit.
         self.scp = ScpService(config.scp, self.store, self._committed,
-                              self.metrics.cfind_latency.observe) \
+                              self.metrics.cfind_latency.observe, config.log_phi) \
             if config.scp.enabled else None
         if self.scp is not None:
             self.change_listeners.append(self.scp.index.apply)

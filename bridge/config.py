@@ -140,8 +140,18 @@ class ScpConfig(_Section):
     visible_statuses: list[WorklistStatus] = ["SCHEDULED", "ARRIVED"]
     response_charset: str = ""
     pn_case_insensitive: bool = False
-    log_queries: bool = True  # one INFO line per C-FIND with its keys
-    max_associations: int = Field(32, ge=1)
+    # One INFO line per C-FIND: its keys, answer count and time (values only with log_phi).
+    log_queries: bool = True
+    # Each association is two threads: a sane ceiling, not 100,000,000.
+    max_associations: int = Field(32, ge=1, le=1000)
+    # Connections one peer address may hold at once; more are closed on accept.
+    max_associations_per_peer: int = Field(8, ge=1, le=1000)
+    # Seconds a connection may take to send its A-ASSOCIATE-RQ (and to close after release).
+    acse_timeout: float = Field(10, gt=0, le=600)
+    # Seconds an association may stay silent before it is aborted.
+    network_timeout: float = Field(60, gt=0, le=3600)
+    # CPU seconds one C-FIND may spend searching; then it ends with A700 (out of resources).
+    max_query_seconds: float = Field(10, gt=0, le=3600)
     # Overrides per calling AE title (compared without case): {CT01: {max_answers: 50}}.
     calling_aes: dict[str, ScpAeOptions] = {}
 

@@ -38,7 +38,20 @@ def test_per_calling_ae_options_from_the_environment() -> None:
     ({"BRIDGE_SCP__RESPONSE_CHARSET": "LATIN1"}, "scp.response_charset"),
     ({"BRIDGE_SCP__VISIBLE_STATUSES": "SCHEDULED,DONE"}, "scp.visible_statuses"),
     ({"BRIDGE_SCP__MAX_ANSWERS": "-1"}, "scp.max_answers"),
+    # Each association is two threads: a limit nobody could reach is no limit.
+    ({"BRIDGE_SCP__MAX_ASSOCIATIONS": "100000000"}, "scp.max_associations"),
+    ({"BRIDGE_SCP__MAX_ASSOCIATIONS_PER_PEER": "0"}, "scp.max_associations_per_peer"),
+    ({"BRIDGE_SCP__ACSE_TIMEOUT": "0"}, "scp.acse_timeout"),
+    ({"BRIDGE_SCP__NETWORK_TIMEOUT": ".inf"}, "scp.network_timeout"),
+    ({"BRIDGE_SCP__MAX_QUERY_SECONDS": "-1"}, "scp.max_query_seconds"),
 ])
 def test_bad_values_name_the_key(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(SHIPPED, env)
+
+
+def test_hardening_defaults_are_short() -> None:
+    scp = load_config(SHIPPED, {}).scp
+    assert scp.acse_timeout <= 10 and scp.network_timeout <= 60
+    assert scp.max_query_seconds <= 10
+    assert scp.max_associations_per_peer < scp.max_associations <= 1000

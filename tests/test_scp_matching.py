@@ -3,12 +3,29 @@ rules (see bridge/scp/matching.py's docstring), not from the code's output."""
 
 from __future__ import annotations
 
+import fnmatch
+import io
+import time
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom.config import IGNORE
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
-from bridge.scp.matching import MatchOptions, answer, match_date_time, match_value
-from bridge.scp.query import Key, parse, with_station_filter
+from bridge.scp.matching import (
+    MatchOptions,
+    answer,
+    match_date_time,
+    match_value,
+    wildcard_match,
+)
+from bridge.scp.query import InvalidKey, Key, parse, with_station_filter
 
 ITEM = {
     "SpecificCharacterSet": "ISO_IR 100",
@@ -204,3 +221,101 @@ def test_station_filter_matches_calling_ae_without_returning_it() -> None:
 def test_key_repr_is_plain() -> None:
     key = Key(0x00100010, "PatientName", "PN", "DOE*")
     assert not key.is_sequence and key.returned
+
+
+# --- wildcards: linear, and the same answers as fnmatch ------------------------------------
+
+# fnmatch knows `*` and `?` as DICOM does (and `[...]`, left out here); the characters
+# include `*` and `?` themselves, which are plain characters in a stored value.
+_PATTERN = st.text(alphabet="ab*?ßSé", max_size=12)
+_VALUE = st.text(alphabet="ab*?ßSsé^ ", max_size=14)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(pattern=_PATTERN, value=_VALUE)
+def test_wildcard_match_agrees_with_fnmatch(pattern: str, value: str) -> None:
+    assert wildcard_match(pattern, value) is fnmatch.fnmatchcase(value, pattern)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(pattern=_PATTERN, value=_VALUE)
+def test_wildcard_match_without_case(pattern: str, value: str) -> None:
+    # PN matching without case (pn_case_insensitive): both sides case-folded.
+    assert wildcard_match(pattern, value, fold=True) is \
+        fnmatch.fnmatchcase(value.casefold(), pattern.casefold())
+
+
+PATHOLOGICAL = "*?*?*?*?*?*?*?*?*?*?*?*?*?*?Z"
+
+
+@pytest.mark.parametrize("stored", [
+    "CT THORAX ABDOMEN BECKEN MIT KONTRASTMITTEL UND NACHREKONSTRUKTION",
+    "CT THORAX ABDOMEN BECKEN MIT KONTRASTMITTEL UND NACHREKONSTRUKTIONZ",
+    "X" * 1024,
+])
+def test_pathological_pattern_is_fast(stored: str) -> None:
+    # As a regular expression this pattern held a core for 19 minutes on one item.
+    started = time.process_time()
+    found = match_value(PATHOLOGICAL, stored, "LO")
+    assert found is stored.endswith("Z")
+    assert time.process_time() - started < 2.0
+
+
+def test_huge_patterns_are_fast() -> None:
+    started = time.process_time()
+    assert not match_value("?" * 200_000, "MOZART^WOLFGANG", "PN")
+    assert match_value("*" * 200_000, "MOZART^WOLFGANG", "PN")
+    assert not match_value("*a" * 100_000, "MOZART^WOLFGANG", "PN")
+    assert not match_value("M*" + "*?" * 50_000 + "X", "M" + "W" * 60, "LO")
+    assert time.process_time() - started < 2.0
+
+
+# --- keys the standard does not allow: refused, never universal ----------------------------
+
+
+def wire(*elements: DataElement) -> Dataset:
+    """The identifier as the SCP receives it: explicit VR little endian bytes, read back
+    unconverted (pynetdicom decodes identifiers the same way)."""
+    ds = Dataset()
+    for elem in elements:
+        ds.add(elem)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return read_dataset(io.BytesIO(fp.getvalue()), False, True)
+
+
+@pytest.mark.parametrize(("element", "tag"), [
+    (DataElement(0x00100010, "OB", b"DOE*"), 0x00100010),         # PatientName as OB
+    (DataElement(0x00080050, "OW", b"\x00\x00"), 0x00080050),      # AccessionNumber as OW
+    (DataElement(0x00100020, "SQ", Sequence([])), 0x00100020),    # PatientID as SQ
+    (DataElement(0x00400100, "LO", "CT"), 0x00400100),            # a sequence as text
+    (DataElement(0x00100010, "PN", "\x00"), 0x00100010),           # a single NUL
+    (DataElement(0x0020000D, "UI", "\x00", validation_mode=IGNORE), 0x0020000D),  # UI too
+    (DataElement(0x00100020, "LO", "\x00\x00\\\x00"), 0x00100020),  # NULs as values
+])
+def test_wrong_vr_and_nul_keys_are_refused(element: DataElement, tag: int) -> None:
+    with pytest.raises(InvalidKey) as refused:
+        parse(wire(element, DataElement(0x00100030, "DA", "")))
+    assert refused.value.tag == tag
+
+
+def test_wrong_vr_inside_a_sequence_item_is_refused() -> None:
+    step = Dataset()
+    step.add(DataElement(0x00080060, "OB", b"CT"))  # Modality as OB
+    with pytest.raises(InvalidKey) as refused:
+        parse(wire(DataElement(0x00400100, "SQ", Sequence([step]))))
+    assert refused.value.tag == 0x00080060
+
+
+def test_padding_numbers_and_near_vrs_are_not_refused() -> None:
+    query = parse(wire(
+        DataElement(0x00100010, "PN", "MOZ*\x00"),           # NUL padding after a value
+        DataElement(0x0020000D, "UI", "1.2.276.0.7230010.3.2.110"),  # odd: NUL-padded
+        DataElement(0x00101010, "AS", ""),                    # empty: universal, as ever
+        DataElement(0x00080050, "LO", "00001"),               # LO where SH is expected
+    ))
+    assert answer(query.keys, ITEM) is not None
+    # US 0 is two NUL bytes, a number, not an empty value.
+    zero = parse(wire(DataElement(0x001021C0, "US", 0)))  # PregnancyStatus
+    assert zero.keys[0].value == "0"

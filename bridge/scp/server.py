@@ -4,6 +4,11 @@ Each association runs on its own pynetdicom thread, so several modalities are se
 once; a C-FIND reads the in-memory index (index.py) and never waits on the store. MPPS
 status changes go through `on_status`, which commits them to the store (and from there to
 the sinks and the index) before the N-CREATE or N-SET response goes out.
+
+No peer can hold the SCP: a C-FIND has a CPU budget (`max_query_seconds`, then A700), a
+connection must ask for an association within `acse_timeout`, and one address holds at
+most `max_associations_per_peer` connections (`PeerLimit`), so that idle or half-open
+connections from a scanner never lock a modality out.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,6 +31,7 @@ from pynetdicom.sop_class import (
     ModalityWorklistInformationFind,
     Verification,
 )
+from pynetdicom.transport import ThreadedAssociationServer
 
 from bridge.config import ScpConfig
 from bridge.lifecycle import Status
@@ -32,7 +39,7 @@ from bridge.scp.charset import TEXT_VRS, UnknownCharset, codec_for, transliterat
 from bridge.scp.encoding import raw_dataset, supported
 from bridge.scp.index import WorklistIndex
 from bridge.scp.matching import NUMERIC_VRS, SINGLE_VALUED_TEXT, Answer, MatchOptions, answer
-from bridge.scp.query import Query, parse, with_station_filter
+from bridge.scp.query import InvalidKey, Query, parse, with_station_filter
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,10 @@ SUCCESS = 0x0000
 LIMIT_REACHED = 0xFE00
 CANCELED = 0xFE00
 UNABLE_TO_PROCESS = 0xC001
+# PS3.4 K.4.1.1.4: the query's search ran out of its time budget.
+OUT_OF_RESOURCES = 0xA700
+# PS3.4 K.4.1.1.4: a key the Modality Worklist model does not allow as sent.
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
 NO_SUCH_INSTANCE = 0x0112
 DUPLICATE_INSTANCE = 0x0111
 INVALID_ATTRIBUTE_VALUE = 0x0106
@@ -105,15 +116,28 @@ def all_visible_statuses(config: ScpConfig) -> set[str]:
     return out
 
 
+def failure(status: int, comment: str, offending: int | None = None) -> Dataset:
+    """A failure status with its Error Comment (LO: at most 64 characters) and, where one
+    key is to blame, its Offending Element: what the modality's log can show."""
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment[:64]
+    if offending is not None:
+        ds.OffendingElement = [offending]
+    return ds
+
+
 class WorklistScp:
     def __init__(self, config: ScpConfig, index: WorklistIndex,
                  on_status: StatusChange | None = None,
-                 observe: Callable[[float], None] | None = None):
+                 observe: Callable[[float], None] | None = None, log_phi: bool = False):
         self.config = config
         self.index = index
         self.on_status = on_status
         self.observe = observe  # seconds per C-FIND, for the metrics histogram
-        self._server = None
+        self.log_phi = log_phi  # query values in the log line, or only keys
+        self._server: ThreadedAssociationServer | None = None
+        self.peers = PeerLimit(config.max_associations_per_peer)
         # MPPS instance UID -> the item keys it performs (N-SET names only the instance).
         self._mpps: dict[str, list[str]] = {}
         self._mpps_lock = threading.Lock()
@@ -134,8 +158,21 @@ class WorklistScp:
             # Answer in the set the modality wrote its query in, when it names one.
             target = query.charset if query.charset and supported(query.charset) else ""
         sent = 0
-        status, ending = SUCCESS, ""
-        for entry in self.index.candidates(query.keys):
+        status: int | Dataset = SUCCESS
+        ending = ""
+        # CPU time of this thread spent searching and building answers, not the time spent
+        # suspended while pynetdicom sends them: the budget bounds the search.
+        budget = self.config.max_query_seconds
+        spent = 0.0
+        resumed = time.thread_time()
+        for n, entry in enumerate(self.index.candidates(query.keys)):
+            # Every 16th candidate: reading the thread's clock costs about as much as
+            # matching a simple query against one item.
+            if n % 16 == 0 and spent + time.thread_time() - resumed > budget:
+                status = failure(OUT_OF_RESOURCES, "query exceeded the SCP's time limit "
+                                 "(scp.max_query_seconds)")
+                ending = " (time limit reached: A700)"
+                break
             if entry.status not in settings.visible:
                 continue
             found = answer(query.keys, entry.data, settings.match)
@@ -148,14 +185,17 @@ class WorklistScp:
                 status, ending = CANCELED, " (canceled)"
                 break
             sent += 1
-            yield PENDING, response(found, entry.data.get("SpecificCharacterSet", ""),
-                                    target, implicit)
+            built = response(found, entry.data.get("SpecificCharacterSet", ""), target,
+                             implicit)
+            spent += time.thread_time() - resumed
+            yield PENDING, built
+            resumed = time.thread_time()
         elapsed = time.perf_counter() - started
         if self.observe is not None:
             self.observe(elapsed)
         if self.config.log_queries:
             log.info("C-FIND from %s: %s -> %d answer(s)%s in %.1f ms", calling_ae.strip(),
-                     query.describe(), sent, ending, elapsed * 1000)
+                     query.describe(self.log_phi), sent, ending, elapsed * 1000)
         yield status, None
 
     # --- pynetdicom handlers ---------------------------------------------------------------
@@ -164,8 +204,15 @@ class WorklistScp:
         calling = event.assoc.requestor.ae_title
         try:
             query = parse(event.identifier)
+        except InvalidKey as exc:
+            # Refused rather than ignored: ignoring the key would answer more than the
+            # modality asked for, as if it had asked for everything.
+            log.warning("C-FIND from %s refused (A900): %s", calling, exc)
+            yield failure(IDENTIFIER_DOES_NOT_MATCH, str(exc), exc.tag), None
+            return
         except Exception as exc:  # an identifier we cannot read: fail this query only
-            log.warning("C-FIND from %s: unreadable identifier: %s", calling, exc)
+            log.warning("C-FIND from %s: unreadable identifier: %s", calling,
+                        _cut(str(exc)) if self.log_phi else type(exc).__name__)
             yield UNABLE_TO_PROCESS, None
             return
         syntax = event.context.transfer_syntax
@@ -232,6 +279,10 @@ class WorklistScp:
         quiet_pynetdicom()
         ae = AE(ae_title=self.config.ae_title)
         ae.maximum_associations = self.config.max_associations
+        # pynetdicom's defaults (30 s to associate, 60 s of silence) let a few idle
+        # connections hold the association slots for long; ours are configurable.
+        ae.acse_timeout = self.config.acse_timeout
+        ae.network_timeout = self.config.network_timeout
         ae.add_supported_context(ModalityWorklistInformationFind)
         ae.add_supported_context(Verification)
         ae.add_supported_context(ModalityPerformedProcedureStep)
@@ -240,9 +291,18 @@ class WorklistScp:
         handlers = [(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_FIND, self._on_find),
                     (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_N_CREATE, self._on_n_create),
                     (evt.EVT_N_SET, self._on_n_set)]
-        self._server = ae.start_server((self.config.host, self.config.port), block=False,
-                                       evt_handlers=handlers)
-        port = self._server.server_address[1]
+        # make_server's server_class is pynetdicom's way to a custom server: ours checks
+        # each connection against the per-address limit before pynetdicom takes it on.
+        server = ae.make_server((self.config.host, self.config.port), evt_handlers=handlers,
+                                server_class=_LimitedServer, peers=self.peers)
+        # What start_server(block=False) does with its own server; shutdown() takes the
+        # server off the AE's list again.
+        ae._servers.append(server)
+        thread = threading.Thread(target=server.serve_forever, name="MwlScpServer",
+                                  daemon=True)
+        thread.start()
+        self._server = server
+        port = server.server_address[1]
         log.info("MWL SCP %s listening on %s:%d", self.config.ae_title, self.config.host, port)
         return port
 
@@ -250,6 +310,83 @@ class WorklistScp:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+
+class PeerLimit:
+    """The connections each peer address holds, counted from accept to close; one over
+    `per_peer` is closed at once, before pynetdicom starts an association (and two
+    threads) for it.
+
+    Idle connections cannot be told from a modality's until they send an A-ASSOCIATE-RQ;
+    what keeps them from locking others out: a scanner's connections count against its
+    own address only, and `acse_timeout` ends each one that does not ask for an
+    association. Refused connections leave no thread behind; evicting idle ones instead
+    would not, as pynetdicom's thread waits out `acse_timeout` either way.
+    """
+
+    LOG_EVERY = 10.0  # seconds between log lines about refused connections
+
+    def __init__(self, per_peer: int):
+        self.per_peer = per_peer
+        self._lock = threading.Lock()
+        # Each accepted socket and its peer address; a closed or collected socket no
+        # longer counts (pynetdicom closes it when the association ends).
+        self._open: weakref.WeakKeyDictionary[socket.socket, str] = \
+            weakref.WeakKeyDictionary()
+        self._refused = 0
+        self._last_log = -self.LOG_EVERY
+
+    def admit(self, sock: socket.socket, address: str) -> bool:
+        """From the accepting thread, before pynetdicom sees the connection."""
+        with self._lock:
+            if self._count(address) >= self.per_peer:
+                self._note_refused(address)
+                return False
+            self._open[sock] = address
+            return True
+
+    def open_connections(self, address: str) -> int:
+        with self._lock:
+            return self._count(address)
+
+    def _count(self, address: str) -> int:
+        count = 0
+        for sock, a in list(self._open.items()):
+            if sock.fileno() == -1:
+                del self._open[sock]
+            elif a == address:
+                count += 1
+        return count
+
+    def _note_refused(self, address: str) -> None:
+        # One line per LOG_EVERY seconds with a count, not one per connection of a flood.
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._last_log >= self.LOG_EVERY:
+            log.warning("MWL SCP refused %d connection(s) over scp.max_associations_per_peer "
+                        "(%d), the last from %s", self._refused, self.per_peer, address)
+            self._refused = 0
+            self._last_log = now
+
+
+class _LimitedServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with each connection checked by `PeerLimit`."""
+
+    # socketserver's listen backlog, 5 by default: a burst of connections (a scanner)
+    # filled it, and a modality's connect then waited for a SYN retry (1 s and more).
+    request_queue_size = 128
+
+    def __init__(self, *args, peers: PeerLimit, **kwargs):
+        self.peers = peers
+        super().__init__(*args, **kwargs)
+
+    def verify_request(self, request, client_address) -> bool:
+        # socketserver's hook, called on accept: False closes the connection unread.
+        return self.peers.admit(request, str(client_address[0]))
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
 
 def response(found: Answer, item_charset: str, target_charset: str,

@@ -21,11 +21,11 @@ from bridge.store import AsyncStore, ItemWrite
 class ScpService:
     def __init__(self, config: ScpConfig, store: AsyncStore,
                  committed: Callable[[Sequence[ItemWrite]], None],
-                 observe: Callable[[float], None] | None = None):
+                 observe: Callable[[float], None] | None = None, log_phi: bool = False):
         self.store = store
         self.committed = committed
         self.index = WorklistIndex(all_visible_statuses(config))
-        self.scp = WorklistScp(config, self.index, self._status_change, observe)
+        self.scp = WorklistScp(config, self.index, self._status_change, observe, log_phi)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> int:
