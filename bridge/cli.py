@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"configuration error: {line}", file=sys.stderr)
         return 2
     except MappingError as exc:
-        print(f"mapping error:\n{exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # file:line:col: what is wrong
+            print(f"mapping error: {line}", file=sys.stderr)
         return 1 if args.command in ("translate", "check-mapping") else 2
     except FileNotFoundError as exc:
         print(str(exc), file=sys.stderr)

@@ -390,6 +390,8 @@ def check_paths(config: Config) -> None:
     problems: list[str] = []
 
     def folder(key: str, path: Path) -> None:
+        if any(p.startswith(f"{key}: ") for p in problems):
+            return  # one line per key: the store's and the sink's folders share data_dir
         if path.exists() and not path.is_dir():
             problems.append(f"{key}: {path} is a file, not a folder")
             return
