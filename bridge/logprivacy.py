@@ -75,7 +75,7 @@ class PhiFilter(logging.Filter):
         if not _own(record):
             # Another library's line (pydicom, pynetdicom, a captured warning): its wording
             # is not ours to vouch for, so every quoted literal goes.
-            text = _QUOTED.sub(HIDDEN_VALUE, record.getMessage())
+            text = _QUOTED.sub(HIDDEN_VALUE, record.getMessage()).rstrip("\n")
             record.msg, record.args = text, ()
         return True
 
