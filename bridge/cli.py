@@ -56,8 +56,8 @@ def _init(args: argparse.Namespace) -> int:
     source = PACKAGED_CONFIG.parent / "mappings"
     existing = [p for p in (config, mappings) if p.exists()]
     if existing and not args.force:
-        print(f"init: {', '.join(map(str, existing))} already there (--force replaces them)",
-              file=sys.stderr)
+        print(f"init: {', '.join(map(str, existing))} already there "
+              "(--force overwrites them)", file=sys.stderr)
         return 2
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PACKAGED_CONFIG, config)
@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write a starter config.yaml and the shipped mappings "
                                     "into a folder")
     p.add_argument("folder", type=Path)
-    p.add_argument("--force", action="store_true", help="replace config.yaml and mappings/")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite config.yaml and the shipped mapping files")
     p.set_defaults(func=_init)
 
     p = sub.add_parser("send", help="send HL7 files over MLLP and print each ACK")
