@@ -313,8 +313,9 @@ def _describe(err: ValidationError, source: str) -> str:
 
 # --- checks beyond types: each names its key; run at start-up (and by every command) ----
 
-_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
-                        r"(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+# RFC 1123 labels, plus "_": container service names (orthanc_1) resolve in practice.
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+                        r"(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
 
 
 def _host_problem(host: str) -> str | None:

@@ -150,7 +150,7 @@ def test_checks_also_apply_to_environment_overrides_and_scp_titles() -> None:
                                                    "MR01,CT\\01"})
     for host in ("0.0.0.0", "::", "localhost", "pacs-1.example.org"):
         assert load_config(ROOT / "config.yaml", {"BRIDGE_MLLP__HOST": host}).mllp.host == host
-    for url in ("http://orthanc:8042", "https://[::1]:8042/orthanc"):
+    for url in ("http://orthanc:8042", "https://[::1]:8042/orthanc", "http://orthanc_1:8042"):
         load_config(ROOT / "config.yaml", {"BRIDGE_SINKS__ORTHANC__URL": url})
     with pytest.raises(ConfigError, match=r"sinks\.orthanc\.url"):
         load_config(ROOT / "config.yaml", {"BRIDGE_SINKS__ORTHANC__URL": "ftp://orthanc"})
