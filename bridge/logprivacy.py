@@ -75,7 +75,8 @@ class PhiFilter(logging.Filter):
         if not _own(record):
             # Another library's line (pydicom, pynetdicom, a captured warning): its wording
             # is not ours to vouch for, so every quoted literal goes.
-            text = _QUOTED.sub(HIDDEN_VALUE, record.getMessage()).rstrip("\n")
+            # Bounded first: the cap cuts the line later anyway, and the scan stays cheap.
+            text = _QUOTED.sub(HIDDEN_VALUE, record.getMessage()[:100_000]).rstrip("\n")
             record.msg, record.args = text, ()
         return True
 
