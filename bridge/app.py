@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import Callable, Iterator, Sequence
 
-from bridge.config import Config
+from bridge.config import Config, ConfigError, check_paths
 from bridge.housekeeping import Housekeeper
 from bridge.listener import Limits, MllpServer
 from bridge.mapping.loader import MappingError, load_profiles
@@ -48,6 +50,7 @@ def outbox_options(config: Config, sink: Sink) -> dict[str, float]:
 class Bridge:
     def __init__(self, config: Config):
         self.config = config
+        check_paths(config)  # a data folder that is a file: one line naming the key
         self.profiles = load_profiles(config.mappings.dir)  # MappingError stops start-up
         # The store first: the Orthanc sink keeps what it delivered in it.
         self.store = AsyncStore(Store(config.store_path))
@@ -113,9 +116,13 @@ class Bridge:
         for w in self.workers:
             w.start()
         if self.scp is not None:  # before MLLP: the index is loaded before orders arrive
-            self.scp_port = await self.scp.start()
+            scp = self.config.scp
+            with _listening("scp", scp.host, scp.port):
+                self.scp_port = await self.scp.start()
         self.housekeeper.start()
-        self.mllp_port = await self.mllp.start(self.config.mllp.host, self.config.mllp.port)
+        mllp = self.config.mllp
+        with _listening("mllp", mllp.host, mllp.port):
+            self.mllp_port = await self.mllp.start(mllp.host, mllp.port)
         log.info("MLLP listening on %s:%d; mappings: %s", self.config.mllp.host,
                  self.mllp_port, ", ".join(p.name for p in self.profiles))
         for sink in self.sinks:
@@ -159,9 +166,25 @@ class Bridge:
         self.store.close()
 
 
+@contextlib.contextmanager
+def _listening(section: str, host: str, port: int) -> Iterator[None]:
+    """A listener that cannot bind: a ConfigError naming the key and the address."""
+    try:
+        yield
+    except socket.gaierror as exc:
+        raise ConfigError(f"{section}.host: cannot resolve {host!r}: {exc.strerror}") from None
+    except OSError as exc:
+        raise ConfigError(f"{section}.port: cannot listen on {host}:{port}: "
+                          f"{exc.strerror or exc}") from None
+
+
 async def serve(config: Config) -> None:
     bridge = Bridge(config)
-    await bridge.start()
+    try:
+        await bridge.start()
+    except BaseException:
+        await bridge.stop()  # what did start (SCP thread, writer process) must not linger
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,27 +8,70 @@ import logging
 import sys
 from pathlib import Path
 
-from bridge import logprivacy
-from bridge.config import ConfigError, load_config
+from bridge import __version__, logprivacy
+from bridge.config import (
+    PACKAGED_CONFIG,
+    Config,
+    ConfigError,
+    find_config,
+    load_config,
+    load_packaged_config,
+)
 from bridge.mapping.loader import MappingError
 from bridge.message import Separators
 
 _ERL = Separators()  # ERR-2 style locations in `validate` output: PID^1^3
+log = logging.getLogger("bridge.cli")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """--config, else ./config.yaml, else the packaged defaults (data in a user folder)."""
+    path = find_config(args.config)
+    return load_config(path) if path is not None else load_packaged_config()
+
+
+def _setup_logging(config: Config) -> None:
+    logprivacy.configure(logprivacy.LogSettings(config.log_level, config.log_phi,
+                                                config.log_max_line))
 
 
 def _serve(args: argparse.Namespace) -> int:
     from bridge.app import serve
 
-    config = load_config(args.config)
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logprivacy.install(config.log_phi)
+    config = _config(args)
+    _setup_logging(config)
+    if find_config(args.config) is None:
+        log.info("no --config and no ./config.yaml: running on the packaged defaults "
+                 "(%s), data in %s", PACKAGED_CONFIG, config.data_dir)
     asyncio.run(serve(config))
     return 0
 
 
+def _init(args: argparse.Namespace) -> int:
+    """Write a starter config.yaml and the shipped mappings into a folder."""
+    import shutil
+
+    target: Path = args.folder
+    config, mappings = target / "config.yaml", target / "mappings"
+    source = PACKAGED_CONFIG.parent / "mappings"
+    existing = [p for p in (config, mappings) if p.exists()]
+    if existing and not args.force:
+        print(f"init: {', '.join(map(str, existing))} already there "
+              "(--force overwrites them)", file=sys.stderr)
+        return 2
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PACKAGED_CONFIG, config)
+    mappings.mkdir(exist_ok=True)
+    for file in sorted(source.iterdir()):
+        if file.suffix in (".yaml", ".yml", ".csv"):
+            shutil.copyfile(file, mappings / file.name)
+    print(f"wrote {config} and {mappings}/; start with:\n"
+          f"  hl7-worklist-bridge serve --config {config}")
+    return 0
+
+
 def _send(args: argparse.Namespace) -> int:
-    from bridge.client import ack_code, send_files
+    from bridge.client import ack_code, read_messages, send_messages
 
     ssl = None
     if args.tls or args.tls_ca or args.tls_cert:
@@ -36,7 +79,12 @@ def _send(args: argparse.Namespace) -> int:
 
         ssl = client_context(args.tls_ca, args.tls_cert, args.tls_key)
     try:
-        results = asyncio.run(send_files(args.files, args.host, args.port, args.timeout, ssl))
+        messages = read_messages(args.files)
+    except OSError as exc:
+        print(f"send: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        results = asyncio.run(send_messages(messages, args.host, args.port, args.timeout, ssl))
     except (OSError, TimeoutError) as exc:
         print(f"send: cannot reach {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
@@ -53,8 +101,9 @@ def _send(args: argparse.Namespace) -> int:
 def _journal(args: argparse.Namespace) -> int:
     from bridge import operations as ops
 
-    config = load_config(args.config)
+    config = _config(args)
     if args.action == "replay":
+        _setup_logging(config)
         if not args.ids and not args.failed:
             print("journal replay: give journal IDs or --failed", file=sys.stderr)
             return 2
@@ -78,18 +127,21 @@ def _journal(args: argparse.Namespace) -> int:
                     print(ops.journal_show(entry))
             return status
         since = ops.parse_since(args.since) if args.since else 0.0
-        entries = store.journal_since(since, "failed" if args.failed else None, args.limit)
-        print("\n".join(ops.journal_lines(entries)))
+        # The newest first: with a long journal, the last messages are the ones asked about.
+        entries = store.journal_since(since, "failed" if args.failed else None, args.limit,
+                                      newest_first=True)
+        print(ops.journal_json(entries) if args.json else "\n".join(ops.journal_lines(entries)))
     return 0
 
 
 def _worklist(args: argparse.Namespace) -> int:
     from bridge import operations as ops
 
-    config = load_config(args.config)
+    config = _config(args)
     with ops.open_store(config) as store:
         if args.action == "list":
-            print("\n".join(ops.worklist_lines(store, args.all)))
+            print(ops.worklist_json(store, args.all) if args.json
+                  else "\n".join(ops.worklist_lines(store, args.all)))
             return 0
         if not args.keys:
             print(f"worklist {args.action}: give one or more item keys", file=sys.stderr)
@@ -110,8 +162,9 @@ def _worklist(args: argparse.Namespace) -> int:
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=Path("config.yaml"),
-                   help="configuration file (default: ./config.yaml)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="configuration file (default: ./config.yaml if there is one, else "
+                        "the packaged defaults)")
 
 
 def _mapping_profiles(args: argparse.Namespace) -> tuple[list, str, bool]:
@@ -121,9 +174,11 @@ def _mapping_profiles(args: argparse.Namespace) -> tuple[list, str, bool]:
 
     if args.mapping:
         return load_files(args.mapping), "8859/1", True
-    config_path = args.config or (Path("config.yaml") if Path("config.yaml").exists() else None)
+    config_path = find_config(args.config)
     if config_path is None:
-        return load_profiles(Path("mappings")), "8859/1", True
+        folder = Path("mappings") if Path("mappings").is_dir() else \
+            PACKAGED_CONFIG.parent / "mappings"
+        return load_profiles(folder), "8859/1", True
     config = load_config(config_path)
     return (load_profiles(config.mappings.dir), config.mllp.default_charset,
             config.mllp.detect_utf8)
@@ -164,7 +219,12 @@ def _validate(args: argparse.Namespace) -> int:
     from bridge.client import split_messages
     from bridge.validate import check_bytes, warm_up
 
-    warm_up()  # a missing hl7apy is a clear message here, not a traceback later
+    try:
+        warm_up()  # a missing hl7apy is a clear message here, not a traceback later
+    except ConfigError:
+        print("validate needs hl7apy, a dependency of hl7-worklist-bridge that is not "
+              "installed here: pip install hl7apy", file=sys.stderr)
+        return 2
 
     problems = 0
     for file in args.files:
@@ -188,9 +248,8 @@ def _validate(args: argparse.Namespace) -> int:
 def _resync(args: argparse.Namespace) -> int:
     from bridge.resync import ResyncError, resync
 
-    config = load_config(args.config)
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = _config(args)
+    _setup_logging(config)
     try:
         results = asyncio.run(resync(config, args.sink, deliver=not args.no_deliver))
     except ResyncError as exc:
@@ -209,7 +268,8 @@ def _import_wl(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
         print(f"import-wl: {args.folder} is not a folder", file=sys.stderr)
         return 2
-    config = load_config(args.config)
+    config = _config(args)
+    _setup_logging(config)
     result = read_folder(args.folder)
     for path, reason in result.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -227,12 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hl7-worklist-bridge",
         description="HL7 v2 imaging orders to DICOM Modality Worklist items.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the bridge")
-    p.add_argument("--config", type=Path, default=Path("config.yaml"),
-                   help="configuration file (default: ./config.yaml)")
+    _add_config(p)
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("init", help="write a starter config.yaml and the shipped mappings "
+                                    "into a folder")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--force", action="store_true",
+                   help="overwrite config.yaml and the shipped mapping files")
+    p.set_defaults(func=_init)
 
     p = sub.add_parser("send", help="send HL7 files over MLLP and print each ACK")
     p.add_argument("files", type=Path, nargs="+", help="files with one or more messages")
@@ -250,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", type=int, nargs="*", help="journal IDs (show, replay)")
     p.add_argument("--failed", action="store_true", help="only failed messages")
     p.add_argument("--since", help="list from: an ISO date/time, or 30m, 12h, 7d ago")
-    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--limit", type=int, default=1000, help="at most this many, the newest")
+    p.add_argument("--json", action="store_true", help="list as JSON")
     _add_config(p)
     p.set_defaults(func=_journal)
 
@@ -258,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "show", "delete"])
     p.add_argument("keys", nargs="*", help="item keys (show, delete)")
     p.add_argument("--all", action="store_true", help="list items off the worklist too")
+    p.add_argument("--json", action="store_true", help="list as JSON, with each dataset")
     _add_config(p)
     p.set_defaults(func=_worklist)
     p = sub.add_parser("translate", help="dry run: map one HL7 message and print the items")
@@ -285,8 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resync", help="make the sinks (Orthanc, the .wl folder) match the "
                                       "store; run it with the bridge stopped")
-    p.add_argument("--config", type=Path, default=Path("config.yaml"),
-                   help="configuration file (default: ./config.yaml)")
+    _add_config(p)
     p.add_argument("--sink", choices=["orthanc", "folder"], action="append",
                    help="only this sink (repeatable; default: every enabled sink)")
     p.add_argument("--no-deliver", action="store_true",
@@ -297,8 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-wl", help="load .wl files (a wlmscpfs or Orthanc worklist "
                        "folder) into the store")
     p.add_argument("folder", type=Path, help="folder with .wl files (searched recursively)")
-    p.add_argument("--config", type=Path, default=Path("config.yaml"),
-                   help="configuration file (default: ./config.yaml)")
+    _add_config(p)
     p.set_defaults(func=_import_wl)
     return parser
 
@@ -308,10 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"configuration error:\n{exc}", file=sys.stderr)
+        # One line per problem, each naming its key (or file:line).
+        for line in str(exc).splitlines():
+            print(f"configuration error: {line}", file=sys.stderr)
         return 2
     except MappingError as exc:
-        print(f"mapping error:\n{exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # file:line:col: what is wrong
+            print(f"mapping error: {line}", file=sys.stderr)
         return 1 if args.command in ("translate", "check-mapping") else 2
     except FileNotFoundError as exc:
         print(str(exc), file=sys.stderr)

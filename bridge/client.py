@@ -69,14 +69,25 @@ class MllpClient:
         return ack
 
 
-async def send_files(files: list[Path], host: str, port: int, timeout: float = 30.0,
-                     ssl: SSLContext | None = None) -> list[tuple[Path, bytes]]:
+def read_messages(files: list[Path]) -> list[tuple[Path, bytes]]:
+    """Every message of every file, read before connecting: a missing file is an OSError
+    naming it, not a failed connection."""
+    return [(file, message) for file in files for message in split_messages(file.read_bytes())]
+
+
+async def send_messages(messages: list[tuple[Path, bytes]], host: str, port: int,
+                        timeout: float = 30.0, ssl: SSLContext | None = None
+                        ) -> list[tuple[Path, bytes]]:
     results = []
     async with MllpClient(host, port, timeout, ssl) as client:
-        for file in files:
-            for message in split_messages(file.read_bytes()):
-                results.append((file, await client.send(message)))
+        for file, message in messages:
+            results.append((file, await client.send(message)))
     return results
+
+
+async def send_files(files: list[Path], host: str, port: int, timeout: float = 30.0,
+                     ssl: SSLContext | None = None) -> list[tuple[Path, bytes]]:
+    return await send_messages(read_messages(files), host, port, timeout, ssl)
 
 
 def ack_code(ack: bytes) -> str:

@@ -7,7 +7,9 @@ Relative paths are resolved against the folder of the configuration file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +18,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 ENV_PREFIX = "BRIDGE_"
+# The shipped configuration and mappings, inside the package (in a checkout, links to the
+# top-level config.yaml and mappings/, which stay the single source): `serve` without a
+# configuration runs on them, and `init` copies them.
+PACKAGED_CONFIG = Path(__file__).resolve().parent / "defaults" / "config.yaml"
 
 
 class ConfigError(Exception):
@@ -255,6 +261,8 @@ class Config(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # false: log lines carry no message content (names, exception texts quoting values).
     log_phi: bool = False
+    # Longer log lines (a message, or one line of a traceback) are cut to this length.
+    log_max_line: int = Field(2000, ge=200)
     mllp: MllpConfig = MllpConfig()
     store: StoreConfig = StoreConfig()
     mappings: MappingsConfig = MappingsConfig()
@@ -313,6 +321,141 @@ def _describe(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+# --- checks beyond types: each names its key; run at start-up (and by every command) ----
+
+# RFC 1123 labels, plus "_": container service names (orthanc_1) resolve in practice.
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+                        r"(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?")
+
+
+def _host_problem(host: str) -> str | None:
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    # A dotted string of numbers that is no IP address (999.1.1.1) is no host name either.
+    if _HOST_NAME.fullmatch(host) and not host.replace(".", "").isdigit():
+        return None
+    return f"{host!r} is neither an IP address nor a host name (0.0.0.0: every interface)"
+
+
+def _ae_problem(title: str) -> str | None:
+    # PS3.5 AE VR: at most 16 characters of the default repertoire, no backslash (the value
+    # delimiter), no control characters, not only spaces.
+    if not title.strip() or len(title) > 16 or "\\" in title or \
+            any(ord(c) < 32 or ord(c) > 126 for c in title):
+        return (f"{title!r} is not a valid AE title (1 to 16 printable ASCII characters, "
+                "no backslash)")
+    return None
+
+
+def _semantic_problems(config: Config) -> list[str]:
+    """What pydantic's types let through but would break at run time, as 'key: why'."""
+    from bridge.decoding import UnknownCharset, lookup_charset
+
+    problems: list[str] = []
+    for key, host in (("mllp.host", config.mllp.host), ("scp.host", config.scp.host),
+                      ("metrics.host", config.metrics.host)):
+        if (why := _host_problem(host)) is not None:
+            problems.append(f"{key}: {why}")
+    scp = config.scp
+    titles = [("scp.ae_title", scp.ae_title)]
+    titles += [("scp.allowed_calling_aes", t) for t in scp.allowed_calling_aes]
+    titles += [(f"scp.calling_aes.{t}", t) for t in scp.calling_aes]
+    problems += [f"{key}: {why}" for key, t in titles if (why := _ae_problem(t)) is not None]
+    try:
+        lookup_charset(config.mllp.default_charset)
+    except UnknownCharset:
+        problems.append(f"mllp.default_charset: unknown HL7 character set "
+                        f"{config.mllp.default_charset!r} (e.g. 8859/1, UNICODE UTF-8, ASCII)")
+    statuses = [("lifecycle.visible_statuses", config.lifecycle.visible_statuses),
+                ("scp.visible_statuses", scp.visible_statuses)]
+    statuses += [(f"scp.calling_aes.{t}.visible_statuses", o.visible_statuses)
+                 for t, o in scp.calling_aes.items()]
+    problems += [f"{key}: empty: no item would ever be shown (default: SCHEDULED, ARRIVED)"
+                 for key, value in statuses if value is not None and not value]
+    problems += [f"sinks.orthanc.url: {why}" for why in _url_problems(config.sinks.orthanc.url)]
+    return problems
+
+
+def _url_problems(url: str) -> list[str]:
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError) as exc:
+        return [f"{url!r} is not a URL: {exc}"]
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return [f"{url!r} is not an http:// or https:// URL with a host"]
+    why = _host_problem(parsed.host)
+    if why is None and port is not None and not 0 < port < 65536:
+        why = f"port {port} out of range"
+    return [] if why is None else [f"{url!r}: {why}"]
+
+
+def check_paths(config: Config) -> None:
+    """At start-up: the folders and files the bridge writes are usable; ConfigError naming
+    the key otherwise (rather than a traceback from SQLite or the folder sink)."""
+    problems: list[str] = []
+
+    def folder(key: str, path: Path) -> None:
+        if any(p.startswith(f"{key}: ") for p in problems):
+            return  # one line per key: the store's and the sink's folders share data_dir
+        if path.exists() and not path.is_dir():
+            problems.append(f"{key}: {path} is a file, not a folder")
+            return
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problems.append(f"{key}: cannot create the folder {path}: {exc.strerror}")
+            return
+        if not os.access(path, os.W_OK | os.X_OK):
+            problems.append(f"{key}: {path}: the bridge may not write there")
+
+    store_key = "store.path" if config.store.path is not None else "data_dir"
+    store = config.store_path
+    if store.is_dir():
+        problems.append(f"{store_key}: {store} is a folder; store.path names the SQLite file")
+    else:
+        folder(store_key, store.parent)
+    if config.sinks.folder.enabled:
+        folder("sinks.folder.path" if config.sinks.folder.path is not None else "data_dir",
+               config.folder_path)
+    if not config.mappings.dir.is_dir():
+        problems.append(f"mappings.dir: {config.mappings.dir} is not a folder")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def default_data_dir(environ: dict[str, str]) -> Path:
+    """Where a bridge running on the packaged defaults keeps its data: systemd's
+    StateDirectory, else the user's XDG data folder."""
+    if environ.get("STATE_DIRECTORY"):
+        return Path(environ["STATE_DIRECTORY"].split(":")[0])
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "hl7-worklist-bridge"
+
+
+def find_config(path: Path | None) -> Path | None:
+    """The configuration a command uses: the one given, else ./config.yaml when there is
+    one, else None (the packaged defaults)."""
+    if path is not None:
+        return path
+    return Path("config.yaml") if Path("config.yaml").is_file() else None
+
+
+def load_packaged_config(environ: dict[str, str] | None = None) -> Config:
+    """The shipped configuration and mappings, with data in default_data_dir() unless
+    BRIDGE_DATA_DIR says otherwise."""
+    environ = dict(os.environ) if environ is None else environ
+    config = load_config(PACKAGED_CONFIG, environ)
+    if "BRIDGE_DATA_DIR" not in environ:
+        config.data_dir = default_data_dir(environ)
+    return config
+
+
 def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Config:
     """Load and validate the configuration; raise ConfigError naming the bad key."""
     environ = dict(os.environ) if environ is None else environ
@@ -326,6 +469,10 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
             loaded = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            line = path.read_bytes()[:exc.start].count(b"\n") + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x}); "
+                              "save the file as UTF-8") from None
         except YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
@@ -335,5 +482,8 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from exc
+        raise ConfigError(_describe(exc, source)) from None
+    problems = _semantic_problems(config)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
     return config.resolve_paths(base)

@@ -62,6 +62,16 @@ def journal_lines(entries: list[JournalEntry]) -> list[str]:
     return lines
 
 
+def journal_json(entries: list[JournalEntry]) -> str:
+    """`journal list --json`: the entries' metadata (not the raw message; `show` has it)."""
+    return json.dumps([{"id": e.id, "received_at": datetime.fromtimestamp(e.received_at)
+                        .astimezone().isoformat(timespec="seconds"), "peer": e.peer,
+                        "sender": e.sender, "control_id": e.control_id,
+                        "message_type": e.message_type, "profile": e.profile,
+                        "status": e.status, "ack_code": e.ack_code, "error": e.error}
+                       for e in entries], indent=2, ensure_ascii=False)
+
+
 def journal_show(entry: JournalEntry) -> str:
     raw = entry.raw.decode("latin-1").replace("\r", "\n").rstrip("\n")
     ack = (entry.ack or b"").decode("latin-1").replace("\r", "\n").rstrip("\n")
@@ -117,6 +127,16 @@ def worklist_lines(store: Store, show_all: bool) -> list[str]:
                      f"{item.patient_id[:14]:14}  {str(ds.get('AccessionNumber', ''))[:16]:16}  "
                      f"{step.get('Modality', '')!s:3}  {start[:14]:14}  {item.item_key}")
     return lines
+
+
+def worklist_json(store: Store, show_all: bool) -> str:
+    """`worklist list --json`: each item with its status and dataset (DICOM keywords)."""
+    return json.dumps([{"item_key": i.item_key, "order_key": i.order_key, "status": i.status,
+                        "visible": i.visible, "patient_id": i.patient_id,
+                        "updated_at": datetime.fromtimestamp(i.updated_at).astimezone()
+                        .isoformat(timespec="seconds"), "dataset": i.dataset}
+                       for i in store.items(visible_only=not show_all)],
+                      indent=2, ensure_ascii=False)
 
 
 def worklist_show(store: Store, item_key: str) -> str | None:

@@ -341,13 +341,14 @@ class Store:
                         (status, error, journal_id))
 
     def journal_since(self, since: float, status: str | None = None,
-                      limit: int = 1000) -> list[JournalEntry]:
+                      limit: int = 1000, newest_first: bool = False) -> list[JournalEntry]:
         sql = "SELECT * FROM journal WHERE received_at >= ?"
         args: tuple = (since,)
         if status:
             sql += " AND status = ?"
             args += (status,)
-        rows = self.db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+        order = " ORDER BY id DESC LIMIT ?" if newest_first else " ORDER BY id LIMIT ?"
+        rows = self.db.execute(sql + order, (*args, limit)).fetchall()
         return [JournalEntry(**dict(r)) for r in rows]
 
     def purge_journal(self, before: float) -> int:

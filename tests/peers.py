@@ -72,9 +72,13 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
 
 
 def bridge_env(**extra: str) -> dict[str, str]:
-    """The environment for a bridge subprocess: this checkout's code, no stray BRIDGE_*."""
+    """The environment for a bridge subprocess: this checkout's code, no stray BRIDGE_*,
+    and a free port for every listener the caller does not set itself: a bridge running
+    on the shipped config (2575, 11112, 9102) must not make a test fail."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.update({"BRIDGE_MLLP__PORT": str(free_port()), "BRIDGE_SCP__PORT": str(free_port()),
+                "BRIDGE_METRICS__PORT": str(free_port())})
     env.update(extra)
     return env
 

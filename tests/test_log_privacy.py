@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+import sys
 
 from bridge import logprivacy
 
 from listener_rig import RawClient, fixture_message, msa
-from peers import run_bridge
+from orders import orm
+from peers import bridge_env, findscu_worklist, free_port, run_bridge, wait_for
 
 NAME = b"ZZPRIVATE^PATIENTNAME"
 
@@ -66,3 +69,105 @@ def test_bridge_info_log_carries_no_patient_name(tmp_path):
         log = bridge.log()
     assert "journal" in log  # the failures were logged...
     assert "ZZPRIVATE" not in log and "PATIENTNAME" not in log  # ...without the name
+
+
+# --- library lines, the folder writer, the line cap (issue 15 item 6) ------------------
+
+def _record(logger: str, msg: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord(logger, logging.WARNING, __file__, 1, msg, args, None)
+
+
+def test_quoted_values_in_library_lines_are_hidden():
+    phi = logprivacy.PhiFilter()
+    pydicom_line = _record("pydicom", "Invalid value for VR %s: %r.", "DA", "19511340")
+    warning_line = _record("py.warnings", "valuerep.py:440: UserWarning: Invalid value for VR "
+                           "PN: b'ZQX^NAME'\n  warn_and_log(msg)")
+    own_line = _record("bridge.processor", "journal %d: AE at %s", 7, "OBR-24")
+    for record in (pydicom_line, warning_line, own_line):
+        assert phi.filter(record)
+    assert pydicom_line.getMessage() == "Invalid value for VR DA: '(value hidden)'."
+    assert "ZQX" not in warning_line.getMessage() and "PN:" in warning_line.getMessage()
+    assert own_line.getMessage() == "journal 7: AE at OBR-24"  # ours: never values
+
+
+def test_every_line_is_capped():
+    formatter = logprivacy.CappedFormatter("%(levelname)s %(message)s", max_line=200)
+    record = _record("bridge.scp.server", "C-FIND: %s", "X" * 5000)
+    text = formatter.format(record)
+    assert len(text) < 260 and text.endswith("characters cut)")
+    try:
+        raise ValueError("Y" * 5000)
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert all(len(line) < 260 for line in formatter.format(record).splitlines())
+
+
+WRITER = """
+import asyncio, sys
+from pathlib import Path
+from bridge import logprivacy
+from bridge.sinks.folder import FolderSink
+from bridge.store import StoredItem
+
+async def main():
+    sink = FolderSink(Path(sys.argv[1]))
+    await sink.put(StoredItem("K1", "O1", "SCHEDULED", True, {
+        "PatientName": "ZQX^NAME", "PatientID": "ZQX1", "PatientBirthDate": "19511340"},
+        "ZQX1", 0.0))
+    await sink.aclose()
+
+if __name__ == "__main__":  # the writer process is spawned: it imports this file again
+    logprivacy.configure(logprivacy.LogSettings("INFO", False, 2000))
+    asyncio.run(main())
+"""
+
+
+def test_the_folder_writer_process_warns_through_the_filter(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "wl")],
+                            capture_output=True, text=True, timeout=120, env=bridge_env())
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "wl").glob("*.wl"))) == 1
+    # pydicom did warn, in the writer process, and the value did not come out with it.
+    assert "Invalid value for VR DA: '(value hidden)'" in result.stderr, result.stderr
+    assert "19511340" not in result.stderr, result.stderr
+
+
+PHI = ["ZQXFAMILY", "ZQXGIVEN", "ZQXPID777", "19511340", "ZQXMOTHER", "ZQXSTREET",
+       "ZQXCITY", "5550199ZQX"]
+
+
+def _phi_order(control_id: str, order: str, **fields: str) -> bytes:
+    text = orm(control_id, order=order, patient_id="ZQXPID777", **fields)
+    pid = ("PID|||ZQXPID777^^^HOSP||ZQXFAMILY^ZQXGIVEN|ZQXMOTHER|19511340|F|||"
+           "1 ZQXSTREET^^ZQXCITY||5550199ZQX")
+    return "\r".join(pid if s.startswith("PID|") else s for s in text.split("\r")).encode()
+
+
+def test_a_bridge_run_logs_none_of_the_patient_data_it_handled(tmp_path):
+    """Orders with distinctive values (an invalid birth date among them), failures on the
+    way, queries of the items: not one value sent appears in the bridge's output."""
+    scp_port = free_port()
+    with run_bridge(tmp_path, {"BRIDGE_LOG_LEVEL": "INFO", "BRIDGE_SCP__ENABLED": "true",
+                               "BRIDGE_SCP__PORT": scp_port}) as bridge:
+        with RawClient(bridge.mllp_port) as client:
+            assert msa(client.exchange(_phi_order("Z1", "ZO1", modality="MR")))[0] == "AA"
+            assert msa(client.exchange(_phi_order("Z2", "ZO2", modality="")))[0] == "AE"
+            assert msa(client.exchange(_phi_order("Z3", "ZO3", control="ZZ")))[0] == "AE"
+        wait_for(lambda: list((tmp_path / "data" / "worklists").glob("*.wl")))
+        answers = findscu_worklist(scp_port, "BRIDGE_MWL", [
+            "PatientName", "PatientID", "PatientBirthDate",
+            "ScheduledProcedureStepSequence[0].Modality=MR",
+            # A long query value: the line that logs it is capped.
+            "RequestedProcedureDescription=" + "Q" * 10_000], tmp_path / "answers")
+        assert answers == []
+        answers = findscu_worklist(scp_port, "BRIDGE_MWL", [
+            "PatientName", "PatientID", "PatientBirthDate",
+            "ScheduledProcedureStepSequence[0].Modality=MR"], tmp_path / "answers")
+        assert [str(a.PatientName) for a in answers] == ["ZQXFAMILY^ZQXGIVEN"]
+        log = bridge.log()
+    assert "Invalid value for VR DA" in log  # pydicom's warning was there...
+    leaked = [value for value in PHI if value in log]
+    assert leaked == [], log  # ...without the value, as every other line
+    assert max(len(line) for line in log.splitlines()) < 2100

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
+import bridge
 from bridge.config import load_config
 from bridge.housekeeping import Housekeeper
 from bridge.mapping.loader import load_profiles
@@ -127,3 +130,50 @@ async def test_changes_by_another_process_reach_the_running_views(tmp_path) -> N
         assert [(w.item_key, w.visible) for w in seen] == [("OUT^RIS|RP1|SPS1", False)]
     finally:
         store.close()
+
+
+async def test_journal_list_shows_the_newest_first_and_as_json(processor, tmp_path) -> None:
+    ids = [(await processor.handle(orm(f"N{i}", order=f"N{i}").encode(), "t")).journal_id
+           for i in range(5)]
+    listing = cli(tmp_path, "journal", "list", "--limit", "2")
+    assert listing.returncode == 0, listing.stderr
+    assert [int(line.split()[0]) for line in listing.stdout.splitlines()[1:]] == \
+        [ids[4], ids[3]]
+    as_json = json.loads(cli(tmp_path, "journal", "list", "--json").stdout)
+    assert [e["id"] for e in as_json] == ids[::-1]
+    assert as_json[0]["control_id"] == "N4" and as_json[0]["ack_code"] == "AA"
+    assert as_json[0]["status"] == "processed" and "raw" not in as_json[0]
+
+
+async def test_worklist_list_as_json(processor, tmp_path) -> None:
+    await processor.handle(orm("WJ", order="WJ", accession="JACC").encode(), "t")
+    [item] = json.loads(cli(tmp_path, "worklist", "list", "--json").stdout)
+    assert item["item_key"] == "WJ^RIS|RP1|SPS1" and item["status"] == "SCHEDULED"
+    assert item["visible"] is True and item["dataset"]["AccessionNumber"] == "JACC"
+
+
+def test_send_of_a_missing_file_says_so(tmp_path) -> None:
+    result = subprocess.run([sys.executable, "-m", "bridge", "send", str(tmp_path / "no.hl7"),
+                             "--port", "9"], capture_output=True, text=True, timeout=60,
+                            env=bridge_env())
+    assert result.returncode == 2
+    assert f"send: cannot read {tmp_path / 'no.hl7'}: No such file" in result.stderr
+    assert "cannot reach" not in result.stderr
+
+
+def test_version() -> None:
+    result = subprocess.run([sys.executable, "-m", "bridge", "--version"], capture_output=True,
+                            text=True, timeout=60, env=bridge_env())
+    assert result.stdout.strip() == f"hl7-worklist-bridge {bridge.__version__}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["version"] == bridge.__version__
+
+
+def test_validate_works_on_a_plain_install() -> None:
+    """`validate` needs hl7apy: a main dependency, not an extra one forgets."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("hl7apy") for d in project["dependencies"])
+    result = subprocess.run([sys.executable, "-m", "bridge", "validate",
+                             str(ROOT / "tests/fixtures/hl7/dcm4che__ORM_O01_v231_2019.hl7")],
+                            capture_output=True, text=True, timeout=120, env=bridge_env())
+    assert "ORM_O01" in result.stdout and "hl7apy" not in result.stderr, result.stderr

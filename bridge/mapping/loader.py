@@ -331,7 +331,12 @@ class _Reader:
             rule.default = "" if spec["default"] is None else str(spec["default"])
             self.check(keyword, vr, spec, "default", rule.default, "default")
         if "required" in spec:
-            rule.required = bool(spec["required"])
+            # YAML 1.2 reads `no` and "false" as strings, which bool() would call true.
+            if isinstance(spec["required"], bool):
+                rule.required = spec["required"]
+            else:
+                self.problem(spec, "required", f"{keyword}: required is true or false, "
+                                               f"not {spec['required']!r}", value=True)
         if "uid_from" in spec or "uid_generate" in spec or "uid_root" in spec:
             self.uid(keyword, vr, spec, rule)
         if "when" in spec:
@@ -600,6 +605,11 @@ def _load_document(file: FsPath) -> tuple[CommentedMap | None, list[str]]:
         doc = YAML(typ="rt").load(file.read_text(encoding="utf-8"))
     except OSError as exc:
         return None, [f"{file}:1:1: cannot read: {exc.strerror}"]
+    except UnicodeDecodeError as exc:
+        before = file.read_bytes()[:exc.start]
+        line, column = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
+        return None, [f"{file}:{line}:{column}: not UTF-8 (byte 0x{exc.object[exc.start]:02x});"
+                      " save the file as UTF-8"]
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         pos = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from bridge import logprivacy
 from bridge.dicomfile import file_name, is_item_file_name, part10_bytes, safe_folder_name
 from bridge.store import StoredItem
 
@@ -80,7 +81,7 @@ class FolderSink:
             # in whatever state they are.
             self._pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_follow_parent, initargs=(os.getpid(),))
+                initializer=_follow_parent, initargs=(os.getpid(), logprivacy.current()))
         await loop.run_in_executor(self._pool, job, self._settings, item)
 
     @property
@@ -173,8 +174,10 @@ def _writer(settings: tuple[str, str, bool]) -> FolderSink:
     return sink
 
 
-def _follow_parent(parent: int) -> None:
-    """In the writer: exit when the bridge is gone (a kill -9 leaves no one to stop us)."""
+def _follow_parent(parent: int, log_settings: logprivacy.LogSettings) -> None:
+    """In the writer: exit when the bridge is gone (a kill -9 leaves no one to stop us).
+    Its log lines and pydicom's warnings pass the bridge's privacy filter and line cap."""
+    logprivacy.configure(log_settings)
 
     def watch() -> None:
         while os.getppid() == parent:
