@@ -129,7 +129,6 @@ class _Connection:
     # Between a complete frame and its ACK taken: never evicted, or an order could be
     # stored without its sender ever hearing so (it would resend: a duplicate, not a loss).
     busy: bool = False
-    evicted: bool = False
     task: asyncio.Task | None = None
 
 
@@ -224,10 +223,16 @@ class MllpServer:
         if not waiting:
             return False
         victim = min(waiting, key=lambda c: c.waiting_since)
-        victim.evicted = True
+        log.warning("MLLP connection from %s closed to make room for a new one (it had "
+                    "waited %.0f s for a frame)", _peer(victim.writer),
+                    asyncio.get_running_loop().time() - victim.waiting_since,
+                    extra={THROTTLE_KEY: victim.host})
+        self.metrics.closed.labels("evicted").inc()
         self._forget(victim)
+        # A task cancelled before its first step never runs its finally: close here too.
+        victim.writer.close()
         if victim.task is not None:
-            victim.task.cancel()  # _serve logs it and closes the socket
+            victim.task.cancel()
         return True
 
     def _evict_fair(self, pool: set[_Connection], host: str) -> bool:
@@ -303,14 +308,8 @@ class MllpServer:
         except TimeoutError:
             log.warning("MLLP connection from %s: ACK not taken in %g s, closing", peer,
                         self.limits.idle_timeout, extra=extra)
-        except asyncio.CancelledError:
-            if conn.evicted:
-                log.warning("MLLP connection from %s closed to make room for a new one "
-                            "(it had waited %.0f s for a frame)", peer,
-                            loop.time() - conn.waiting_since, extra=extra)
-                self.metrics.closed.labels("evicted").inc()
-        except ConnectionError:
-            pass
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the peer went, the bridge stops, or the connection was evicted
         except Exception:
             log.exception("%s: connection error", peer, extra=extra)
         finally:

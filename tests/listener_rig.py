@@ -92,8 +92,12 @@ class BridgeThread:
 class RawClient:
     """A sender that writes raw bytes and reads ACK frames, every wait bounded."""
 
-    def __init__(self, port: int, timeout: float = WAIT, ssl_context=None, host="127.0.0.1"):
-        sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = WAIT, ssl_context=None, host="127.0.0.1",
+                 source: str | None = None):
+        # `source`: another loopback address (127.0.0.2...; Linux routes all of 127/8 to lo)
+        # stands for another sender machine.
+        sock = socket.create_connection((host, port), timeout=timeout,
+                                        source_address=(source, 0) if source else None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if ssl_context is not None:
             sock = ssl_context.wrap_socket(sock, server_hostname="localhost")
@@ -181,3 +185,40 @@ def err_code(ack: bytes) -> int | None:
             match = _ERR_CODE.match(fields[3]) if len(fields) > 3 else None
             return int(match.group()) if match else None
     return None
+
+
+def open_junk(port: int, count: int, source: str = "127.0.0.1") -> list[socket.socket]:
+    """`count` connections from `source` that send nothing (non-blocking: no waiting)."""
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+        socks.append(sock)
+    return socks
+
+
+def still_open(socks: list[socket.socket]) -> int:
+    """How many of `socks` the bridge has not closed."""
+    count = 0
+    for sock in socks:
+        try:
+            if sock.recv(1, socket.MSG_PEEK):
+                count += 1
+        except BlockingIOError:
+            count += 1
+        except OSError:
+            pass
+    return count
+
+
+def accounted(bridge: BridgeThread) -> int:
+    """Connections the bridge holds plus those it has closed: every accepted one counts."""
+    async def count() -> int:
+        mllp = bridge.bridge.mllp
+        closed = sum(s.value for m in mllp.metrics.closed.collect() for s in m.samples
+                     if s.name.endswith("_total"))
+        return len(mllp.connections) + int(closed)
+
+    return bridge.call(count())
