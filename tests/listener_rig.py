@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import socket
 import threading
 import time
@@ -187,15 +188,29 @@ def err_code(ack: bytes) -> int | None:
     return None
 
 
-def open_junk(port: int, count: int, source: str = "127.0.0.1") -> list[socket.socket]:
-    """`count` connections from `source` that send nothing (non-blocking: no waiting)."""
-    socks = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind((source, 0))
-        sock.setblocking(False)
-        sock.connect_ex(("127.0.0.1", port))
-        socks.append(sock)
+def open_junk(port: int, count: int, source: str = "127.0.0.1",
+              batch_size: int | None = 20) -> list[socket.socket]:
+    """`count` connections from `source` that send nothing.
+
+    Opened in batches, each established (or 5 s gone) before the next: a burst beyond the
+    listen backlog would have its SYNs dropped and retried a second or more later, so the
+    flood would trickle in over the test's waits. `batch_size=None`: all at once.
+    """
+    socks: list[socket.socket] = []
+    while len(socks) < count:
+        batch = []
+        for _ in range(min(batch_size or count, count - len(socks))):
+            sock = socket.socket()
+            sock.bind((source, 0))
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            batch.append(sock)
+        deadline = time.monotonic() + (5.0 if batch_size else 0.0)
+        pending = list(batch)
+        while pending and time.monotonic() < deadline:
+            _, writable, _ = select.select([], pending, [], 0.5)
+            pending = [s for s in pending if s not in writable]
+        socks += batch
     return socks
 
 

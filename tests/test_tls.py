@@ -210,7 +210,7 @@ def test_a_handshake_flood_does_not_exhaust_the_bridge_s_files(tmp_path, pki):
     overrides = {f"BRIDGE_{k.upper()}": v
                  for k, v in tls_overrides(pki, require_client_cert=False).items()}
     with run_bridge(tmp_path, overrides, nofile=256) as bridge:
-        junk = open_junk(bridge.mllp_port, 600)
+        junk = open_junk(bridge.mllp_port, 600, batch_size=None)
         try:
             context = client_context(pki["ca"].ca_file)
             with RawClient(bridge.mllp_port, timeout=10, ssl_context=context,
