@@ -373,7 +373,7 @@ class MllpServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        logthrottle.flush_all()
+        logthrottle.flush_all(all_windows=True)  # what was held back is not lost at a stop
 
 
 def _check_file_limit(connections: int) -> None:

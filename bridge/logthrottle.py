@@ -80,13 +80,17 @@ class RepeatFilter(logging.Filter):
                            f"{now - ended.start:.0f} s before, not logged]")
         return True
 
-    def flush(self) -> None:
-        """Log the counts of windows that have ended, one line per kind."""
+    def flush(self, all_windows: bool = False) -> None:
+        """Log the counts of windows that have ended (all of them, at a stop), one line
+        per kind."""
         now = self.clock()
         with self._lock:
             ended = [w for w in self._windows.values()
-                     if now - w.start >= self.interval and w.suppressed]
-            self._prune(now)
+                     if (all_windows or now - w.start >= self.interval) and w.suppressed]
+            if all_windows:
+                self._windows.clear()
+            else:
+                self._prune(now)
         for w in ended:
             logging.getLogger(w.logger).log(
                 w.level, "%s [%d more like this in %.0f s, not logged]", w.first_line,
@@ -125,7 +129,7 @@ def install_asyncio() -> RepeatFilter:
     return install(logging.getLogger("asyncio"), burst=3)
 
 
-def flush_all() -> None:
+def flush_all(all_windows: bool = False) -> None:
     """Report the suppressed counts of every filter `install` put on a logger."""
     for repeat in list(_installed):
-        repeat.flush()
+        repeat.flush(all_windows)

@@ -51,10 +51,15 @@ def test_a_burst_passes_then_the_rest_is_one_line_with_a_count(logger, clock, ca
     repeat.flush()
     assert lines(caplog)[2] == ("connection from 10.0.0.1:0 refused "
                                 "[998 more like this in 10 s, not logged]")
+    # At a stop, counts of windows still open are reported too.
+    for _ in range(3):
+        log.warning("shutting %s", "down")
+    repeat.flush(all_windows=True)
+    assert lines(caplog)[-1] == "shutting down [1 more like this in 0 s, not logged]"
     # The count is reported once: a new window starts afresh.
     repeat.flush()
     log.warning("connection from 10.0.0.1:%d refused", 5000)
-    assert len(lines(caplog)) == 4 and "more like this" not in lines(caplog)[3]
+    assert "more like this" not in lines(caplog)[-1]
 
 
 def test_the_next_line_after_the_interval_carries_the_count(logger, clock, caplog):

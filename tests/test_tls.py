@@ -219,4 +219,7 @@ def test_a_handshake_flood_does_not_exhaust_the_bridge_s_files(tmp_path, pki):
         finally:
             for sock in junk:
                 sock.close()
-        assert bridge.log().count("out of system resource") <= 3
+        log = bridge.log()
+        assert log.count("out of system resource") <= 3
+        # 600 connections closed by the bridge, in a few dozen lines (logthrottle).
+        assert len(log.splitlines()) < 100, log[-3000:]
