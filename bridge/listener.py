@@ -396,14 +396,7 @@ def _host(writer: asyncio.StreamWriter) -> str:
     peername = writer.get_extra_info("peername")
     if not peername:
         return "?"
-    host = str(peername[0]).split("%", 1)[0]  # an IPv6 scope (fe80::1%eth0)
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # a dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d
-    return str(address)
+    return str(peername[0]).split("%", 1)[0]  # without an IPv6 scope (fe80::1%eth0)
 
 
 def _allowed(host: str, networks: tuple[Network, ...]) -> bool:
