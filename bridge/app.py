@@ -67,7 +67,7 @@ class Bridge:
         mllp = config.mllp
         self.mllp = MllpServer(
             self.processor,
-            limits=Limits(mllp.max_message_bytes, mllp.max_connections, mllp.idle_timeout),
+            limits=Limits.from_config(mllp),
             ssl=server_context(mllp.tls) if mllp.tls.enabled else None, metrics=self.metrics)
         self.mllp_port: int | None = None
         # Changes another process wrote (journal replay, worklist delete, import-wl) reach

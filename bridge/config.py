@@ -40,6 +40,10 @@ class TlsConfig(_Section):
     keyfile: Path | None = None  # its private key (PEM); None: the key is in certfile
     ca_file: Path | None = None  # CAs that sign client certificates
     require_client_cert: bool = False
+    # A handshake must be done in `handshake_timeout` s; at most `max_handshakes` run at once
+    # (a peer's connections count against mllp.max_connections_per_peer before it starts).
+    handshake_timeout: float = Field(10.0, gt=0, allow_inf_nan=False)
+    max_handshakes: int = Field(32, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _complete(self) -> TlsConfig:
@@ -59,23 +63,42 @@ class MllpConfig(_Section):
     # Bytes labelled as a single-byte charset that are valid UTF-8 with non-ASCII
     # characters are decoded as UTF-8: the commonest mislabelling in real feeds.
     detect_utf8: bool = True
-    # Connections beyond this are closed at once (a runaway sender cannot exhaust us).
-    max_connections: int = Field(64, ge=1)
+    # Floods and slow senders (README "Limits"). Beyond max_connections, a newcomer takes
+    # the place of the oldest waiting connection of the peer holding the most, if that peer
+    # holds more than the newcomer would; else it is closed at once.
+    max_connections: int = Field(64, ge=1, le=10_000)
+    # Connections one peer address may hold; a further one replaces its oldest waiting one.
+    max_connections_per_peer: int = Field(8, ge=1, le=10_000)
+    # Addresses or CIDR ranges allowed to connect, checked before a byte is read; []: any.
+    allowed_peers: list[str] = []
     # Seconds a connection may take to deliver its next complete frame, or to take an
-    # ACK, before it is closed; 0 waits for ever. Bounds slow and stuck senders.
-    idle_timeout: float = Field(3600.0, ge=0)
+    # ACK, before it is closed; 0 waits for ever. Frees the places of idle senders.
+    idle_timeout: float = Field(300.0, ge=0, allow_inf_nan=False)
+    # Seconds from the first byte of a frame to its end block (a trickler is closed).
+    frame_timeout: float = Field(30.0, gt=0, allow_inf_nan=False)
     # Structure validation (hl7apy) before mapping: AR with ERR naming the location.
     # `strict` applies it to every sender, `strict_senders` to those MSH-3 values only.
     strict: bool = False
     strict_senders: list[str] = []
     tls: TlsConfig = TlsConfig()
 
-    @field_validator("strict_senders", mode="before")
+    @field_validator("strict_senders", "allowed_peers", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         # From the environment the list comes as one string: "RIS1,RIS2".
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR range "
+                                 "(e.g. 10.1.2.3, 10.1.0.0/16, fd00::/8)") from None
         return value
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import socket
 import threading
 import time
@@ -92,8 +93,12 @@ class BridgeThread:
 class RawClient:
     """A sender that writes raw bytes and reads ACK frames, every wait bounded."""
 
-    def __init__(self, port: int, timeout: float = WAIT, ssl_context=None, host="127.0.0.1"):
-        sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = WAIT, ssl_context=None, host="127.0.0.1",
+                 source: str | None = None):
+        # `source`: another loopback address (127.0.0.2...; Linux routes all of 127/8 to lo)
+        # stands for another sender machine.
+        sock = socket.create_connection((host, port), timeout=timeout,
+                                        source_address=(source, 0) if source else None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if ssl_context is not None:
             sock = ssl_context.wrap_socket(sock, server_hostname="localhost")
@@ -181,3 +186,54 @@ def err_code(ack: bytes) -> int | None:
             match = _ERR_CODE.match(fields[3]) if len(fields) > 3 else None
             return int(match.group()) if match else None
     return None
+
+
+def open_junk(port: int, count: int, source: str = "127.0.0.1",
+              batch_size: int | None = 20) -> list[socket.socket]:
+    """`count` connections from `source` that send nothing.
+
+    Opened in batches, each established (or 5 s gone) before the next: a burst beyond the
+    listen backlog would have its SYNs dropped and retried a second or more later, so the
+    flood would trickle in over the test's waits. `batch_size=None`: all at once.
+    """
+    socks: list[socket.socket] = []
+    while len(socks) < count:
+        batch = []
+        for _ in range(min(batch_size or count, count - len(socks))):
+            sock = socket.socket()
+            sock.bind((source, 0))
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            batch.append(sock)
+        deadline = time.monotonic() + (5.0 if batch_size else 0.0)
+        pending = list(batch)
+        while pending and time.monotonic() < deadline:
+            _, writable, _ = select.select([], pending, [], 0.5)
+            pending = [s for s in pending if s not in writable]
+        socks += batch
+    return socks
+
+
+def still_open(socks: list[socket.socket]) -> int:
+    """How many of `socks` the bridge has not closed."""
+    count = 0
+    for sock in socks:
+        try:
+            if sock.recv(1, socket.MSG_PEEK):
+                count += 1
+        except BlockingIOError:
+            count += 1
+        except OSError:
+            pass
+    return count
+
+
+def accounted(bridge: BridgeThread) -> int:
+    """Connections the bridge holds plus those it has closed: every accepted one counts."""
+    async def count() -> int:
+        mllp = bridge.bridge.mllp
+        closed = sum(s.value for m in mllp.metrics.closed.collect() for s in m.samples
+                     if s.name.endswith("_total"))
+        return len(mllp.connections) + int(closed)
+
+    return bridge.call(count())

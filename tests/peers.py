@@ -113,10 +113,18 @@ class BridgeProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def _limit_files(count: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
 @contextmanager
-def run_bridge(workdir: Path, overrides: dict | None = None) -> Iterator[BridgeProcess]:
+def run_bridge(workdir: Path, overrides: dict | None = None,
+               nofile: int | None = None) -> Iterator[BridgeProcess]:
     """Start `python -m bridge serve` on the shipped config.yaml, with `overrides`
-    given as BRIDGE_* environment variables (the documented override mechanism)."""
+    given as BRIDGE_* environment variables (the documented override mechanism), and
+    at most `nofile` open files when given (soft and hard limit)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     settings = {"BRIDGE_DATA_DIR": str(workdir / "data"), "BRIDGE_MLLP__PORT": str(port),
@@ -130,7 +138,8 @@ def run_bridge(workdir: Path, overrides: dict | None = None) -> Iterator[BridgeP
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bridge", "serve", "--config", str(config)],
-            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: _limit_files(nofile)) if nofile else None)
     try:
         wait_for_port(port, proc)
         bridge = BridgeProcess(workdir, port, config, log_path)

@@ -164,3 +164,35 @@ def test_bridge_subprocesses_of_the_tests_never_listen_on_the_default_ports() ->
     config = load_config(ROOT / "config.yaml", env)
     ports = {config.mllp.port, config.scp.port, config.metrics.port}
     assert not ports & {2575, 11112, 9102, 8080}, ports
+@pytest.mark.parametrize(("text", "key"), [
+    ("mllp:\n  idle_timeout: .inf\n", "mllp.idle_timeout"),
+    ("mllp:\n  idle_timeout: .nan\n", "mllp.idle_timeout"),
+    ("mllp:\n  frame_timeout: .inf\n", "mllp.frame_timeout"),
+    ("mllp:\n  frame_timeout: 0\n", "mllp.frame_timeout"),
+    ("mllp:\n  max_connections: 100000000\n", "mllp.max_connections"),
+    ("mllp:\n  max_connections_per_peer: 0\n", "mllp.max_connections_per_peer"),
+    ("mllp:\n  allowed_peers: [10.0.0.1, not-an-address]\n", "mllp.allowed_peers"),
+    ("mllp:\n  allowed_peers: [10.0.0.0/33]\n", "mllp.allowed_peers"),
+    ("mllp:\n  tls:\n    handshake_timeout: .inf\n", "mllp.tls.handshake_timeout"),
+    ("mllp:\n  tls:\n    max_handshakes: 0\n", "mllp.tls.max_handshakes"),
+])
+def test_unusable_mllp_limits_are_refused_naming_the_key(tmp_path: Path, text: str,
+                                                         key: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert f": {key}: " in str(err.value)
+
+
+def test_mllp_flood_limits_defaults_and_environment() -> None:
+    cfg = load_config(ROOT / "config.yaml", environ={})
+    # An idle connection frees its place in minutes, not hours; every bound is finite.
+    assert 0 < cfg.mllp.idle_timeout <= 600
+    assert 0 < load_config(None, environ={}).mllp.idle_timeout <= 600  # without a file too
+    assert 0 < cfg.mllp.frame_timeout <= cfg.mllp.idle_timeout
+    assert cfg.mllp.max_connections_per_peer < cfg.mllp.max_connections
+    assert cfg.mllp.allowed_peers == []
+    cfg = load_config(ROOT / "config.yaml", environ={
+        "BRIDGE_MLLP__ALLOWED_PEERS": "10.1.2.3, 10.9.0.0/16,fd00::/8"})
+    assert cfg.mllp.allowed_peers == ["10.1.2.3", "10.9.0.0/16", "fd00::/8"]

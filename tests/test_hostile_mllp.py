@@ -4,6 +4,8 @@ abuse the bridge must still answer a well-formed order with AA."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 
 import pytest
@@ -15,12 +17,16 @@ from listener_rig import (
     SB,
     BridgeThread,
     RawClient,
+    accounted,
     fixture_message,
     frame,
     msa,
+    open_junk,
     rig_config,
+    still_open,
     with_control_id,
 )
+from peers import wait_for
 
 LIMIT = 4096  # mllp.max_message_bytes for these tests
 ORDER = fixture_message()
@@ -188,3 +194,122 @@ def test_connection_limit(tmp_path):
         finally:
             first.close()
             second.close()
+
+
+# --- floods: idle, trickling and many connections (issue 15, item 3) -----------------------
+
+RIS = "127.0.0.2"  # the legitimate sender's address; the floods come from 127.0.0.1
+
+
+def trickle(socks: list[socket.socket], stop: threading.Event) -> threading.Thread:
+    """Send the first bytes of a frame, one byte per socket every 50 ms, until `stop`."""
+    def run() -> None:
+        data = frame(ORDER)
+        i = 0
+        while not stop.wait(0.05):
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.send(data[i % len(data):i % len(data) + 1])
+            i += 1
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    return worker
+
+
+def test_idle_and_trickling_floods_do_not_lock_out_another_sender(tmp_path):
+    # The shipped limits: 64 connections; 100 idle or byte-at-a-time ones from one address
+    # used to take every place, and the RIS was refused until idle_timeout (an hour).
+    config = rig_config(tmp_path)
+    per_peer = config.mllp.max_connections_per_peer
+    assert per_peer < config.mllp.max_connections
+    with BridgeThread(config) as bridge:
+        junk = open_junk(bridge.port, 100)
+        stop = threading.Event()
+        worker = trickle(junk[::2], stop)
+        try:
+            wait_for(lambda: accounted(bridge) >= 100)
+            for _ in range(5):
+                with RawClient(bridge.port, source=RIS, timeout=10) as ris:
+                    message, control = order()
+                    assert msa(ris.exchange(message)) == ("AA", control)
+            # One address holds at most its share; the rest were closed, not left waiting.
+            wait_for(lambda: still_open(junk) <= per_peer)
+        finally:
+            stop.set()
+            worker.join(5)
+            for sock in junk:
+                sock.close()
+
+
+def test_a_full_listener_makes_room_for_a_new_peer(tmp_path):
+    config = rig_config(tmp_path, mllp__max_connections="12",
+                        mllp__max_connections_per_peer="4")
+    with BridgeThread(config) as bridge:
+        # Three other addresses hold every place, within their own limit.
+        junk = [s for n in (10, 11, 12) for s in open_junk(bridge.port, 4, f"127.0.0.{n}")]
+        try:
+            wait_for(lambda: accounted(bridge) >= 12)
+            assert closed_count(bridge, "max_connections") == 0
+            with RawClient(bridge.port, source=RIS, timeout=10) as ris:
+                message, control = order()
+                assert msa(ris.exchange(message)) == ("AA", control)
+            # It took the place of a waiting connection of one of the biggest peers.
+            assert closed_count(bridge, "evicted") == 1
+            wait_for(lambda: still_open(junk) == 11)
+        finally:
+            for sock in junk:
+                sock.close()
+
+
+def test_a_new_connection_replaces_the_oldest_waiting_one_of_its_peer(tmp_path):
+    # A sender that reconnects while its old connection is half open (a network blip) is
+    # not locked out by its own leftovers.
+    config = rig_config(tmp_path, mllp__max_connections_per_peer="2")
+    with BridgeThread(config) as bridge:
+        with RawClient(bridge.port, source=RIS) as old, RawClient(bridge.port, source=RIS) as mid:
+            assert msa(old.exchange(order()[0]))[0] == "AA"
+            assert msa(mid.exchange(order()[0]))[0] == "AA"
+            with RawClient(bridge.port, source=RIS) as new:
+                message, control = order()
+                assert msa(new.exchange(message)) == ("AA", control)
+                assert old.wait_closed(), "the oldest waiting connection must make room"
+                assert msa(mid.exchange(order()[0]))[0] == "AA"
+            assert closed_count(bridge, "evicted") == 1
+        # Another address is not affected by that peer's limit.
+        assert_alive(bridge)
+
+
+def test_only_allowed_peers_get_a_hearing(tmp_path):
+    config = rig_config(tmp_path, mllp__allowed_peers="127.0.0.2, 127.0.1.0/24")
+    with BridgeThread(config) as bridge:
+        before = bridge.journal_count()
+        with RawClient(bridge.port) as stranger:  # from 127.0.0.1: not on the list
+            stranger.send(frame(order()[0]))
+            assert stranger.read_ack() is None
+        assert closed_count(bridge, "not_allowed") == 1
+        assert bridge.journal_count() == before  # closed before a byte was read
+        for source in ("127.0.0.2", "127.0.1.9"):
+            with RawClient(bridge.port, source=source) as friend:
+                message, control = order()
+                assert msa(friend.exchange(message)) == ("AA", control)
+
+
+def test_a_frame_must_be_complete_in_frame_timeout(tmp_path):
+    config = rig_config(tmp_path, mllp__frame_timeout="0.5")
+    with BridgeThread(config) as bridge:
+        with RawClient(bridge.port, timeout=5) as trickler:
+            stop = threading.Event()
+            worker = trickle([trickler.sock], stop)
+            try:
+                # It sends a byte every 50 ms: never idle, yet never done.
+                assert trickler.wait_closed()
+            finally:
+                stop.set()
+                worker.join(5)
+        assert closed_count(bridge, "frame_timeout") == 1
+        # Waiting between frames is idle time, not frame time: a quiet sender stays.
+        with RawClient(bridge.port) as quiet:
+            threading.Event().wait(1.0)
+            message, control = order()
+            assert msa(quiet.exchange(message)) == ("AA", control)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from bridge.client import MllpClient, ack_code
-from bridge.listener import MllpServer
+from bridge.listener import Limits, MllpServer
 
 from orders import orm
 
@@ -70,3 +70,40 @@ async def test_noise_bad_frames_and_oversized_frames_do_not_end_the_connection(s
     assert ack_code(await ack_for(b"\x0b" + b"X" * 10_000 + b"\x1c\r")) == "AR"
     assert ack_code(await ack_for(b"\x0b" + orm("N2", order="N2").encode() + b"\x1c\r")) == "AA"
     writer.close()
+
+
+async def test_a_connection_with_a_message_in_hand_is_never_evicted(processor) -> None:
+    # Per-peer limit 1: a second connection from the same address would take the place of a
+    # waiting one, but not of one whose message is being stored (its ACK would be lost).
+    release = asyncio.Event()
+    received = asyncio.Event()
+
+    class Slow:
+        async def handle(self, raw: bytes, peer: str):
+            received.set()
+            await release.wait()
+            return await processor.handle(raw, peer)
+
+        async def oversized(self, peer: str, limit: int):
+            return await processor.oversized(peer, limit)
+
+    srv = MllpServer(Slow(), limits=Limits(max_connections_per_peer=1))
+    port = await srv.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x0b" + orm("BUSY1", order="BUSY1").encode() + b"\x1c\r")
+        await writer.drain()
+        await asyncio.wait_for(received.wait(), 10)
+        second_reader, second_writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(second_reader.read(), 10) == b""  # refused at once
+        second_writer.close()
+        assert srv.metrics.registry.get_sample_value(
+            "hl7bridge_mllp_connections_closed_total",
+            {"reason": "max_connections_per_peer"}) == 1
+        release.set()
+        ack = (await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10))[1:-2]
+        assert (ack_code(ack), control_id_of(ack)) == ("AA", "BUSY1")
+        writer.close()
+    finally:
+        await srv.close()
+
