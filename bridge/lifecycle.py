@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bridge import keys
 from bridge.config import LifecycleConfig
 from bridge.mapping.engine import Item, MappedOrder
 from bridge.store import ItemWrite, StoredItem
@@ -127,7 +128,7 @@ def item_key(order_key: str, item: Item) -> str:
     """An item is its order plus its requested procedure and scheduled step IDs."""
     steps = item.get("ScheduledProcedureStepSequence") or [{}]
     sps_id = steps[0].get("ScheduledProcedureStepID", "") if isinstance(steps, list) else ""
-    return f"{order_key}|{item.get('RequestedProcedureID', '')}|{sps_id}"
+    return keys.item_key(order_key, str(item.get("RequestedProcedureID", "")), str(sps_id))
 
 
 def plan(order: MappedOrder, existing: list[StoredItem], action: Action,

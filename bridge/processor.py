@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bridge import ack as acks
+from bridge import keys
 from bridge.ack import AckError, ErrorLocation
 from bridge.config import Config
 from bridge.decoding import DecodeError, UnknownCharset, decode
@@ -153,7 +154,8 @@ class Processor:
                 acks.TABLE_VALUE_NOT_FOUND, f"unknown character set {exc} in MSH-18",
                 ErrorLocation("MSH", 18))) from exc
         msg = Message(decoded)
-        header.update(sender=f"{msg.header(3)}|{msg.header(4)}", control_id=msg.control_id,
+        # Whole fields, escaped for the key: no two senders or control IDs share a key.
+        header.update(sender=keys.sender_key(msg), control_id=keys.control_key(msg),
                       message_type=msg.message_type)
         if not msg.header(9):
             raise Rejection("AR", AckError(acks.REQUIRED_FIELD_MISSING,
