@@ -86,8 +86,10 @@ class Processor:
         # in-process views (the SCP's index) current.
         self.on_commit = on_commit
 
-    async def handle(self, raw: bytes, peer: str) -> Outcome:
-        journal_id = await self.store.run(self.store.store.journal_received, raw, peer)
+    async def handle(self, raw: bytes, peer: str, journal_id: int | None = None) -> Outcome:
+        """`journal_id`: a message journaled before (a replay), whose entry is updated."""
+        if journal_id is None:
+            journal_id = await self.store.run(self.store.store.journal_received, raw, peer)
         header: dict[str, str | None] = {}
         msg: Message | None = None
         try:

@@ -364,13 +364,13 @@ class Store:
              header.get("message_type"), header.get("profile"), ack_code, ack, error,
              journal_id))
 
-    def journal_replayed(self, journal_id: int, accepted: bool) -> None:
-        """After a replay that updated the entry in place: count it; an accepted one is
-        `replayed` (it failed once), a failing one stays `failed` with its last error."""
+    def journal_replayed(self, journal_id: int) -> None:
+        """After a replay that updated the entry in place: count it. One now processed is
+        `replayed` (it failed once); a failing one stays `failed` with its last error."""
         self.db.execute(
             "UPDATE journal SET replay_count = replay_count + 1, replayed_at = ?, "
-            "status = CASE WHEN ? THEN 'replayed' ELSE status END WHERE id = ?",
-            (time.time(), accepted, journal_id))
+            "status = CASE WHEN status = 'processed' THEN 'replayed' ELSE status END "
+            "WHERE id = ?", (time.time(), journal_id))
 
     def journal_failed(self, journal_id: int, header: dict[str, str | None], ack_code: str,
                        ack: bytes, error: str) -> None:
