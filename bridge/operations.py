@@ -152,10 +152,11 @@ def worklist_show(store: Store, item_key: str) -> str | None:
 
 
 def worklist_delete(store: Store, item_key: str) -> bool:
-    """Take an item off the worklist and out of the sinks (status DISCONTINUED)."""
+    """Take an item off the worklist and out of the sinks (status DISCONTINUED, final: a
+    resend of its order does not bring it back)."""
     item = store.item(item_key)
     if item is None:
         return False
     store.write_items([ItemWrite(item.item_key, item.order_key, Status.DISCONTINUED.value,
-                                 False, item.dataset)])
+                                 False, item.dataset, final=True)])
     return True

@@ -73,6 +73,9 @@ async def test_worklist_list_show_delete(processor, tmp_path) -> None:
     assert deleted.returncode == 0
     assert cli(tmp_path, "worklist", "list").stdout.splitlines()[1:] == []
     assert "DISCONTINUED" in cli(tmp_path, "worklist", "list", "--all").stdout
+    # The operator's removal sticks: a resend of the order does not bring the item back.
+    await processor.handle(orm("W2", order="W1", accession="WACC").encode(), "t")
+    assert cli(tmp_path, "worklist", "list").stdout.splitlines()[1:] == []
     missing = cli(tmp_path, "worklist", "show", "nope")
     assert missing.returncode == 1 and "no such item" in missing.stderr
 
