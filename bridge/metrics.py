@@ -8,6 +8,7 @@ Metric names (all prefixed ``hl7bridge_``):
 - ``outbox_depth{sink}``: items waiting for each sink (read from the store at each scrape).
 - ``mllp_connections``: open MLLP connections; ``mllp_connections_closed_total{reason}``:
   connections the bridge closed (``max_connections``, ``idle_timeout``).
+- ``storage_full``: 1 while the store cannot write (disk full): messages get AE.
 - ``cfind_latency_seconds``: histogram for the MWL SCP to observe, one C-FIND from request to
   final status (``Bridge.metrics.cfind_latency.observe(seconds)``).
 
@@ -74,6 +75,8 @@ class Metrics:
         self.cfind_latency = Histogram("hl7bridge_cfind_latency_seconds", "MWL C-FIND, "
                                        "request to final status", buckets=_LATENCY_BUCKETS,
                                        registry=r)
+        self.storage_full = Gauge("hl7bridge_storage_full", "1 while the store cannot "
+                                  "write for want of space (messages get AE)", registry=r)
         self._types: set[str] = set()
 
     def message_answered(self, raw: bytes | None, result: str, seconds: float) -> None:

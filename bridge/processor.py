@@ -8,6 +8,7 @@ message stays in the journal with its error so it can be replayed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from bridge.mapping.loader import Profile
 from bridge.mapping.patient import PatientProfile, apply_patient_profile
 from bridge.mapping.rules import MappingFieldError
 from bridge.message import Message
-from bridge.store import AsyncStore, ItemWrite, OrderLookup, StoredItem
+from bridge.store import AsyncStore, ItemWrite, OrderLookup, StorageFull, StoredItem
 from bridge.validate import strict_for, structure_error
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ def _lookup(order: MappedOrder) -> OrderLookup:
     return OrderLookup(order.key, order.identifiers, [] if new else _accessions(order))
 
 
+STORAGE_FULL = "storage full: the message was not stored, send it again later"
+
+
 class Rejection(Exception):
     def __init__(self, code: str, error: AckError):
         super().__init__(error.text)
@@ -89,7 +93,10 @@ class Processor:
     async def handle(self, raw: bytes, peer: str, journal_id: int | None = None) -> Outcome:
         """`journal_id`: a message journaled before (a replay), whose entry is updated."""
         if journal_id is None:
-            journal_id = await self.store.run(self.store.store.journal_received, raw, peer)
+            try:
+                journal_id = await self.store.run(self.store.store.journal_received, raw, peer)
+            except StorageFull:
+                return self._not_stored(raw, peer)
         header: dict[str, str | None] = {}
         msg: Message | None = None
         try:
@@ -128,6 +135,9 @@ class Processor:
             if previous is not None:
                 return await self._duplicate(journal_id, header, previous)
             return await self._fail(journal_id, header, msg, rej.code, rej.error)
+        except StorageFull:
+            return await self._fail(journal_id, header, msg, "AE", AckError(
+                acks.APPLICATION_INTERNAL_ERROR, STORAGE_FULL))
         except Exception as exc:  # a bug must cost one AE, not the connection
             log.exception("journal %d: internal error", journal_id)
             err = AckError(acks.APPLICATION_INTERNAL_ERROR, f"internal error: {exc}")
@@ -301,6 +311,19 @@ class Processor:
         try:
             await self.store.run(self.store.store.journal_failed, journal_id, header, code, ack,
                                  f"{error.code}{where}: {error.text}")
+        except StorageFull:
+            log.warning("journal %d: storage full, the failure is not recorded", journal_id)
         except Exception:
             log.exception("journal %d: could not record the failure", journal_id)
         return Outcome(ack, code, journal_id, error=error.text)
+
+    def _not_stored(self, raw: bytes, peer: str) -> Outcome:
+        """The store cannot even journal the message: AE, so the sender keeps it and
+        sends it again; MSA-2 still echoes its MSH-10 when that can be read."""
+        msg = None
+        with contextlib.suppress(Exception):
+            msg = self._decode(raw, {})
+        error = AckError(acks.APPLICATION_INTERNAL_ERROR, STORAGE_FULL)
+        ack = self._encode(acks.build_ack("AE", "A0", msg, error), msg)
+        log.warning("storage full: a message from %s was not stored, AE sent", peer)
+        return Outcome(ack, "AE", 0, error=error.text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import json
 import queue
 import sqlite3
@@ -129,6 +130,20 @@ CREATE TABLE IF NOT EXISTS sink_state (
     PRIMARY KEY (sink, item_key)
 );
 """
+
+
+class StorageFull(Exception):
+    """The store cannot write: its disk, or its size limit, is full. Nothing of the call
+    was stored; the same call succeeds once there is space again."""
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    if isinstance(exc, StorageFull):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or \
+            "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
 @dataclass
@@ -257,6 +272,8 @@ class Store:
         # on power loss in WAL mode.
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=5000")
+        # Since when writes fail for want of space (None: they work); /healthz shows it.
+        self.full_since: float | None = None
         self.db.executescript(SCHEMA)
         self.db.executescript(SINK_STATE_SCHEMA)
         self.db.executescript(ORDER_IDS_SCHEMA)
@@ -278,10 +295,17 @@ class Store:
     def recover(self) -> int:
         """At start-up: messages journaled but never answered (the bridge stopped while
         processing them) are marked `interrupted`. Their senders got no ACK and send them
-        again; the entries stay for the record."""
-        cur = self.db.execute(
-            "UPDATE journal SET status = 'interrupted', error = 'the bridge stopped before "
-            "answering; the sender was not acknowledged' WHERE status = 'received'")
+        again; the entries stay for the record. Raises StorageFull when the disk is full
+        (the entries then stay `received` until the next start)."""
+        try:
+            cur = self.db.execute(
+                "UPDATE journal SET status = 'interrupted', error = 'the bridge stopped before "
+                "answering; the sender was not acknowledged' WHERE status = 'received'")
+        except sqlite3.Error as exc:
+            if not is_storage_full(exc):
+                raise
+            self.full_since = self.full_since or time.time()
+            raise StorageFull(f"{self.path}: {exc}") from exc
         return cur.rowcount
 
     # --- journal ---------------------------------------------------------------------------
@@ -722,6 +746,8 @@ class _Transaction:
         self.db.execute("SAVEPOINT op" if self.savepoint else "BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type and not self.db.in_transaction:
+            return  # SQLite rolled it back already (SQLITE_FULL, some I/O errors)
         if self.savepoint:
             if exc_type:
                 self.db.execute("ROLLBACK TO op")
@@ -785,6 +811,7 @@ class AsyncStore:
         db = self.store.db
         outcomes: list[tuple[bool, object]] = []
         grouped = len(group) > 1
+        changes = db.total_changes
         try:
             if grouped:
                 db.execute("BEGIN IMMEDIATE")
@@ -797,17 +824,36 @@ class AsyncStore:
                         outcomes.append((True, call.fn(*call.args)))
                 except BaseException as exc:  # handed to the caller, as the executor did
                     outcomes.append((False, exc))
+                    if grouped and not db.in_transaction:
+                        # SQLite rolled the whole transaction back (SQLITE_FULL does):
+                        # nothing of the group holds, and nothing more may run outside it.
+                        raise exc
             if grouped:
                 db.execute("COMMIT")
         except BaseException as exc:  # the COMMIT itself failed: nothing of the group holds
             if db.in_transaction:
                 db.execute("ROLLBACK")
             outcomes = [(False, exc)] * len(group)
+        outcomes = [self._full(value) if not ok else (ok, value) for ok, value in outcomes]
+        if all(ok for ok, _ in outcomes) and db.total_changes > changes:
+            self.store.full_since = None  # a write went through: there is space again
         for call, (ok, value) in zip(group, outcomes, strict=True):
             if ok:
                 call.future.set_result(value)
             else:
                 call.future.set_exception(value)
+
+    def _full(self, exc: object) -> tuple[bool, object]:
+        """A failure for want of space becomes StorageFull (callers answer AE, not crash)."""
+        if isinstance(exc, BaseException) and not isinstance(exc, StorageFull) and \
+                is_storage_full(exc):
+            self.store.full_since = self.store.full_since or time.time()
+            full = StorageFull(f"storage full: {exc}")
+            full.__cause__ = exc
+            return False, full
+        if isinstance(exc, StorageFull):
+            self.store.full_since = self.store.full_since or time.time()
+        return False, exc
 
     def close(self) -> None:
         self._calls.put(None)
