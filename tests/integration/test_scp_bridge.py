@@ -125,7 +125,7 @@ def test_mpps_in_progress_survives_a_bridge_restart(tmp_path: Path) -> None:
         assoc.release()
         assert _status_in_store(workdir, "MOF5026") == "STARTED"
 
-    with run_bridge(workdir, overrides):
+    with run_bridge(workdir, overrides) as bridge:
         assoc = _mpps_ae().associate("127.0.0.1", port, ae_title="BRIDGE_MWL")
         done = Dataset()
         done.PerformedProcedureStepStatus = "COMPLETED"
@@ -135,3 +135,20 @@ def test_mpps_in_progress_survives_a_bridge_restart(tmp_path: Path) -> None:
         assert assoc.send_n_set(done, ModalityPerformedProcedureStep, uid)[0].Status == 0x0110
         assoc.release()
         assert _status_in_store(workdir, "MOF5026") == "COMPLETED"
+        # The RIS then sends an XO for the order (new MSH-10, new time): COMPLETED is final,
+        # the item stays done and off the worklist; the journal says why.
+        raw = (FIXTURES / name).read_bytes()
+        xo = tmp_path / "xo.hl7"
+        xo.write_bytes(raw.replace(b"|103106|", b"|103106XO|").replace(b"ORC|NW|", b"ORC|XO|")
+                       .replace(b"200007010900", b"200007021000"))
+        assert bridge.send(xo).returncode == 0
+        assert _status_in_store(workdir, "MOF5026") == "COMPLETED"
+        answers = findscu_worklist(port, "BRIDGE_MWL", WORKLIST_RETURN_KEYS, tmp_path / "a")
+        assert "MOF5026" not in [str(ds.AccessionNumber) for ds in answers]
+        db = sqlite3.connect(workdir / "data" / "bridge.sqlite")
+        try:
+            [note] = db.execute("SELECT error FROM journal WHERE control_id = '103106XO'"
+                                ).fetchone()
+        finally:
+            db.close()
+        assert "is COMPLETED; XO not applied" in note
