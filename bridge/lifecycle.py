@@ -83,10 +83,6 @@ class UnknownOrderControl(LookupError):
     """ORC-1/ORC-5 is not in the order-control table."""
 
 
-class UnknownOrder(LookupError):
-    """A change (XO) for an order the bridge has never seen, with xo_unknown_order: reject."""
-
-
 def _merge(base: dict[str, Action], overrides: dict) -> dict[str, Action]:
     """`base` with `overrides` applied. An override ``CA_*`` governs every ORC-5 of CA: it
     replaces the base's more specific rows (``CA_CA``, ``CA_``), not only ``CA_*``."""
@@ -149,7 +145,7 @@ class OrderControl:
                                   f"{status or '(empty)'} is not in the order-control table")
 
     def creates_unknown(self, sender: str, control: str) -> bool:
-        """Whether a change for an order never seen creates it (else: UnknownOrder)."""
+        """Whether a change for an order never seen creates it (else: AE, no such order)."""
         if control.strip().upper() not in CHANGE_CODES:
             return True
         return self.rules(sender).xo_unknown == "create"
