@@ -281,13 +281,19 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
+        missing = [c for c in COLUMNS if c[1] not in self._columns(c[0])]
+        if not missing:
+            return  # the usual start: nothing to write
         with self._transaction():
-            for table, column, definition, fill in COLUMNS:
-                have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
-                if column not in have:
-                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-                    if fill:
-                        self.db.execute(fill)
+            for table, column, definition, fill in missing:
+                if column in self._columns(table):
+                    continue  # another process migrated it meanwhile
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                if fill:
+                    self.db.execute(fill)
+
+    def _columns(self, table: str) -> set[str]:
+        return {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
 
     def close(self) -> None:
         self.db.close()
