@@ -31,6 +31,9 @@ async def test_a_cancelled_caller_does_not_stop_the_store_thread(tmp_path: Path)
         running = asyncio.ensure_future(store.run(store.store.journal_received, b"y", "p"))
         await asyncio.sleep(0.05)
         queued.cancel()  # its connection closed while the call waited its turn
+        # The cancel reaches the store's own future on the loop's next turn: let it, or the
+        # thread, woken by the gate, may start the call first (a race under load).
+        await asyncio.sleep(0.05)
         gate.set()
         await blocker
         journal_id = await asyncio.wait_for(running, 5)
