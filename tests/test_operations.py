@@ -155,6 +155,8 @@ async def test_replaying_failed_entries_updates_them_instead_of_adding_new_ones(
     assert results[0][1] == "AA"
     entry = db.journal_entry(ids[0])
     assert (entry.status, entry.replay_count, entry.ack_code) == ("replayed", 3, "AA")
+    from bridge.operations import journal_show
+    assert "replayed 3 time(s), last " in journal_show(entry)
     assert [e.id for e in db.journal_since(0, "failed")] == ids[1:]
     # A resend of the replayed message is a duplicate of it, with the AA it got.
     again = await processor.handle(orm("R1", order="R1", modality="").encode(), "t")
