@@ -3,18 +3,24 @@ start, and recovery on its own once there is space again.
 
 The disk is made "full" with SQLite's `PRAGMA max_page_count` set to the store's current
 size: every write that needs a new page then fails with SQLITE_FULL, the very error a full
-file system gives. A tmpfs would need root and minutes to fill; this is the same code path.
+file system gives (the last test checks that on a small tmpfs, when run as root).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import shutil
+import sqlite3
+import subprocess
 
 import hl7
+import pytest
 
 from bridge.app import Bridge
 from bridge.config import load_config
-from bridge.store import StorageFull, Store
+from bridge.store import StorageFull, Store, is_storage_full
 
 from orders import orm
 from peers import ROOT
@@ -115,3 +121,40 @@ async def test_the_bridge_starts_on_a_full_disk_and_healthz_says_so(tmp_path, ca
         assert b"hl7bridge_storage_full 0.0" in bridge.metrics.exposition()
     finally:
         await bridge.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
+                    reason="mounting a small tmpfs needs root")
+def test_a_real_full_file_system_gives_the_same_storage_full(tmp_path) -> None:
+    """The same path on a file system that is really full (a 2 MB tmpfs filled up)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]
+                      ).returncode != 0:
+        pytest.skip("tmpfs mount refused here")
+    try:
+        store = Store(mnt / "bridge.sqlite")
+        try:
+            for _ in range(50):
+                store.journal_received(b"x" * 1000, "p")
+            fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)
+            try:
+                while True:
+                    os.write(fd, b"\0" * 65536)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+            finally:
+                os.close(fd)
+            with pytest.raises(sqlite3.OperationalError) as failed:
+                for _ in range(100):
+                    store.journal_received(b"y" * 3000, "p")
+            assert is_storage_full(failed.value)
+            with pytest.raises(StorageFull):
+                store.recover()
+            os.remove(mnt / "filler")  # space returns: writes work again, no restart
+            store.journal_received(b"z", "p")
+            assert store.recover() >= 50
+        finally:
+            store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
