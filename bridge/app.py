@@ -165,7 +165,10 @@ class Bridge:
 
 
 async def serve(config: Config) -> None:
-    bridge = Bridge(config)
+    try:
+        bridge = Bridge(config)
+    except StorageFull as exc:
+        raise SystemExit(f"hl7-worklist-bridge: {exc}") from None  # one line, no traceback
     await bridge.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -267,18 +267,26 @@ class Store:
         self.sinks = list(sinks)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before we send AA. NORMAL could lose the last commits
-        # on power loss in WAL mode.
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA busy_timeout=5000")
         # Since when writes fail for want of space (None: they work); /healthz shows it.
         self.full_since: float | None = None
-        self.db.executescript(SCHEMA)
-        self.db.executescript(SINK_STATE_SCHEMA)
-        self.db.executescript(ORDER_IDS_SCHEMA)
-        self.db.executescript(MPPS_SCHEMA)
-        self._migrate()
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before we send AA. NORMAL could lose the last
+            # commits on power loss in WAL mode.
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.executescript(SCHEMA)
+            self.db.executescript(SINK_STATE_SCHEMA)
+            self.db.executescript(ORDER_IDS_SCHEMA)
+            self.db.executescript(MPPS_SCHEMA)
+            self._migrate()
+        except sqlite3.Error as exc:
+            # A new store (or a migration) on a full disk: a clear error, not a traceback.
+            self.db.close()
+            if is_storage_full(exc):
+                raise StorageFull(f"{path}: storage full, the store cannot be created or "
+                                  "upgraded") from exc
+            raise
 
     def _migrate(self) -> None:
         missing = [c for c in COLUMNS if c[1] not in self._columns(c[0])]

@@ -14,6 +14,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 
 import hl7
 import pytest
@@ -23,7 +24,7 @@ from bridge.config import load_config
 from bridge.store import StorageFull, Store, is_storage_full
 
 from orders import orm
-from peers import ROOT
+from peers import ROOT, bridge_env
 
 
 def cap(store: Store, extra_pages: int = 0) -> None:
@@ -151,6 +152,20 @@ def test_a_real_full_file_system_gives_the_same_storage_full(tmp_path) -> None:
             assert is_storage_full(failed.value)
             with pytest.raises(StorageFull):
                 store.recover()
+            # A new store cannot even be created: StorageFull, and `serve` says so in one
+            # line instead of a traceback.
+            with pytest.raises(StorageFull):
+                Store(mnt / "new" / "bridge.sqlite")
+            served = subprocess.run(
+                [sys.executable, "-m", "bridge", "serve", "--config", str(ROOT / "config.yaml")],
+                capture_output=True, text=True, timeout=60, env=bridge_env(
+                    BRIDGE_DATA_DIR=str(tmp_path / "data"),
+                    BRIDGE_STORE__PATH=str(mnt / "other.sqlite"),
+                    BRIDGE_SINKS__FOLDER__PATH=str(tmp_path / "wl"),
+                    BRIDGE_MLLP__PORT="0", BRIDGE_METRICS__ENABLED="false",
+                    BRIDGE_SCP__ENABLED="false"))
+            assert served.returncode != 0
+            assert "storage full" in served.stderr and "Traceback" not in served.stderr
             os.remove(mnt / "filler")  # space returns: writes work again, no restart
             store.journal_received(b"z", "p")
             assert store.recover() >= 50
