@@ -21,7 +21,7 @@ from bridge.scp.service import ScpService
 from bridge.sinks import Sink
 from bridge.sinks.folder import FolderSink
 from bridge.sinks.orthanc import OrthancSink
-from bridge.store import AsyncStore, ItemWrite, Store
+from bridge.store import AsyncStore, ItemWrite, StorageFull, Store
 from bridge.tls import server_context
 from bridge.validate import warm_up
 
@@ -109,7 +109,13 @@ class Bridge:
             listener(writes)
 
     async def start(self) -> None:
-        interrupted = await self.store.run(self.store.store.recover)
+        try:
+            interrupted = await self.store.run(self.store.store.recover)
+        except StorageFull as exc:
+            # Start anyway: messages get AE until there is space, then all works again.
+            log.error("storage full (%s): messages are answered AE until there is space "
+                      "again", exc.__cause__ or exc)
+            interrupted = 0
         if interrupted:
             log.warning("%d messages were interrupted by the last stop (not acknowledged; "
                         "their senders resend them): journal list shows them", interrupted)
@@ -146,8 +152,10 @@ class Bridge:
         """What /healthz reports; raises when the store cannot be read."""
         db = self.store.store
         depths = {s.name: await self.store.run(db.outbox_depth, s.name) for s in self.sinks}
+        full = db.full_since is not None
+        self.metrics.storage_full.set(1 if full else 0)
         return {"mllp_port": self.mllp_port, "connections": len(self.mllp.connections),
-                "outbox": depths}
+                "outbox": depths, "storage": "full" if full else "ok"}
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -179,7 +187,10 @@ def _listening(section: str, host: str, port: int) -> Iterator[None]:
 
 
 async def serve(config: Config) -> None:
-    bridge = Bridge(config)
+    try:
+        bridge = Bridge(config)
+    except StorageFull as exc:
+        raise SystemExit(f"hl7-worklist-bridge: {exc}") from None  # one line, no traceback
     try:
         await bridge.start()
     except BaseException:

@@ -244,6 +244,9 @@ class OrderControlRule(_Section):
 
     effect: Literal["replace", "status"]
     status: Literal["SCHEDULED", "ARRIVED", "STARTED", "COMPLETED", "DISCONTINUED", "CANCELED"]
+    # The status sticks (later order messages leave the item alone). Default: true for
+    # COMPLETED, DISCONTINUED and CANCELED, except for HD (hold) rows.
+    final: bool | None = None
 
 
 # A table row, or "reject" to take a default row out (the pair then gets AE).
@@ -253,6 +256,9 @@ OrderControlTable = dict[str, OrderControlRule | Literal["reject"]]
 class SenderLifecycle(_Section):
     order_control: OrderControlTable = {}
     xo_unknown_order: Literal["create", "reject"] | None = None
+    # Overrides of the lifecycle's status_unknown_order and reopen_final for this sender.
+    status_unknown_order: Literal["accept", "reject"] | None = None
+    reopen_final: bool | None = None
 
 
 class LifecycleConfig(_Section):
@@ -263,7 +269,13 @@ class LifecycleConfig(_Section):
     order_control: OrderControlTable = {}
     # XO (change) for an order the bridge has never seen: create it, or answer AE.
     xo_unknown_order: Literal["create", "reject"] = "create"
-    # Per sender, keyed by MSH-3 (sending application): overrides of the two above.
+    # A status change (CA, DC, SC, HD, RL...) for an order the bridge does not have: AA
+    # with "no such order" in the journal (accept), or AE 204 (reject).
+    status_unknown_order: Literal["accept", "reject"] = "accept"
+    # A later order message may change an item in a final status (COMPLETED, DISCONTINUED,
+    # CANCELED): false keeps finished orders finished (AA, the journal says why).
+    reopen_final: bool = False
+    # Per sender, keyed by MSH-3 (sending application): overrides of the above.
     senders: dict[str, SenderLifecycle] = {}
     # ADT^A10 (patient arriving) sets the patient's scheduled items to ARRIVED.
     arrive_on_a10: bool = False

@@ -6,9 +6,10 @@ written ``NW_``. The lookup tries the exact pair, then ``ORC-1_*``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
+from bridge import keys
 from bridge.config import LifecycleConfig
 from bridge.mapping.engine import Item, MappedOrder
 from bridge.store import ItemWrite, StoredItem
@@ -32,9 +33,13 @@ class Effect(StrEnum):
 class Action:
     effect: Effect
     status: Status
+    # A final status sticks: later order messages leave the item alone (unless the sender
+    # may reopen, `lifecycle.reopen_final`). MPPS COMPLETED and DISCONTINUED are final too.
+    final: bool = False
 
 
 _R, _S = Effect.REPLACE, Effect.STATUS
+FINAL = True
 
 DEFAULT_TABLE: dict[str, Action] = {
     "NW_SC": Action(_R, Status.SCHEDULED),
@@ -45,17 +50,17 @@ DEFAULT_TABLE: dict[str, Action] = {
     "XO_IP": Action(_R, Status.STARTED),
     "SC_IP": Action(_S, Status.STARTED),
     "SC_SC": Action(_S, Status.SCHEDULED),
-    "CA_CA": Action(_S, Status.CANCELED),
-    "CA_": Action(_S, Status.CANCELED),
-    "OC_*": Action(_S, Status.CANCELED),
-    "DC_*": Action(_S, Status.DISCONTINUED),
-    "XO_CM": Action(_S, Status.COMPLETED),
-    "SC_CM": Action(_S, Status.COMPLETED),
-    "SC_A": Action(_S, Status.COMPLETED),
+    "CA_CA": Action(_S, Status.CANCELED, FINAL),
+    "CA_": Action(_S, Status.CANCELED, FINAL),
+    "OC_*": Action(_S, Status.CANCELED, FINAL),
+    "DC_*": Action(_S, Status.DISCONTINUED, FINAL),
+    "XO_CM": Action(_S, Status.COMPLETED, FINAL),
+    "SC_CM": Action(_S, Status.COMPLETED, FINAL),
+    "SC_A": Action(_S, Status.COMPLETED, FINAL),
     # Older senders answer with the "as requested" codes.
-    "CR_*": Action(_S, Status.CANCELED),
+    "CR_*": Action(_S, Status.CANCELED, FINAL),
     "XR_*": Action(_R, Status.SCHEDULED),
-    "OD_*": Action(_S, Status.DISCONTINUED),
+    "OD_*": Action(_S, Status.DISCONTINUED, FINAL),
     # Hold takes the order off the worklist without ending it; release brings it back.
     "HD_*": Action(_S, Status.DISCONTINUED),
     "RL_*": Action(_S, Status.SCHEDULED),
@@ -63,17 +68,19 @@ DEFAULT_TABLE: dict[str, Action] = {
 }
 
 DEFAULT_VISIBLE = frozenset({Status.SCHEDULED, Status.ARRIVED})
+FINAL_STATUSES = frozenset({Status.COMPLETED, Status.DISCONTINUED, Status.CANCELED})
+# A hold ends nothing: a site's own HD row is not final unless it says so.
+HOLD_CODES = frozenset({"HD"})
 
 # ORC-1 codes that change an existing order: for an order never seen, configurable.
 CHANGE_CODES = frozenset({"XO", "XR"})
+# ORC-1 codes of a new order: the accession number alone never makes one the same as
+# another (several orders may share an accession).
+NEW_CODES = frozenset({"NW", "SN"})
 
 
 class UnknownOrderControl(LookupError):
     """ORC-1/ORC-5 is not in the order-control table."""
-
-
-class UnknownOrder(LookupError):
-    """A change (XO) for an order the bridge has never seen, with xo_unknown_order: reject."""
 
 
 def _merge(base: dict[str, Action], overrides: dict) -> dict[str, Action]:
@@ -90,8 +97,21 @@ def _merge(base: dict[str, Action], overrides: dict) -> dict[str, Action]:
         if rule == "reject":
             table.pop(key, None)
         else:
-            table[key] = Action(Effect(rule.effect), Status(rule.status))
+            status = Status(rule.status)
+            final = rule.final if rule.final is not None else \
+                status in FINAL_STATUSES and key.partition("_")[0] not in HOLD_CODES
+            table[key] = Action(Effect(rule.effect), status, final)
     return table
+
+
+@dataclass(frozen=True)
+class SenderRules:
+    """What the lifecycle settings say for one sender (or for all)."""
+
+    table: dict[str, Action]
+    xo_unknown: str  # create | reject
+    status_unknown: str  # accept | reject
+    reopen_final: bool
 
 
 class OrderControl:
@@ -102,13 +122,21 @@ class OrderControl:
         self.visible = frozenset(Status(s) for s in config.visible_statuses)
         self.table = _merge(DEFAULT_TABLE, config.order_control)
         self.xo_unknown = config.xo_unknown_order
+        self.default = SenderRules(self.table, config.xo_unknown_order,
+                                   config.status_unknown_order, config.reopen_final)
         self.senders = {
-            app: (_merge(self.table, s.order_control), s.xo_unknown_order or self.xo_unknown)
+            app: SenderRules(
+                _merge(self.table, s.order_control), s.xo_unknown_order or self.xo_unknown,
+                s.status_unknown_order or config.status_unknown_order,
+                config.reopen_final if s.reopen_final is None else s.reopen_final)
             for app, s in config.senders.items()
         }
 
+    def rules(self, sender: str) -> SenderRules:
+        return self.senders.get(sender, self.default)
+
     def action(self, sender: str, control: str, status: str) -> Action:
-        table = self.senders.get(sender, (self.table, None))[0]
+        table = self.rules(sender).table
         control, status = control.strip().upper(), status.strip().upper()
         for key in (f"{control}_{status}", f"{control}_*"):
             if key in table:
@@ -117,52 +145,80 @@ class OrderControl:
                                   f"{status or '(empty)'} is not in the order-control table")
 
     def creates_unknown(self, sender: str, control: str) -> bool:
-        """Whether a change for an order never seen creates it (else: UnknownOrder)."""
+        """Whether a change for an order never seen creates it (else: AE, no such order)."""
         if control.strip().upper() not in CHANGE_CODES:
             return True
-        return self.senders.get(sender, (None, self.xo_unknown))[1] == "create"
+        return self.rules(sender).xo_unknown == "create"
 
 
 def item_key(order_key: str, item: Item) -> str:
     """An item is its order plus its requested procedure and scheduled step IDs."""
     steps = item.get("ScheduledProcedureStepSequence") or [{}]
     sps_id = steps[0].get("ScheduledProcedureStepID", "") if isinstance(steps, list) else ""
-    return f"{order_key}|{item.get('RequestedProcedureID', '')}|{sps_id}"
+    return keys.item_key(order_key, str(item.get("RequestedProcedureID", "")), str(sps_id))
+
+
+@dataclass
+class Decision:
+    """The item writes for one order, and what the journal should say about the rest."""
+
+    writes: list[ItemWrite]
+    notes: list[str] = field(default_factory=list)
 
 
 def plan(order: MappedOrder, existing: list[StoredItem], action: Action,
          visible: frozenset[Status] = DEFAULT_VISIBLE,
          uid_from_message: list[bool] | None = None) -> list[ItemWrite]:
+    return decide(order, existing, action, visible, uid_from_message).writes
+
+
+def decide(order: MappedOrder, existing: list[StoredItem], action: Action,
+           visible: frozenset[Status] = DEFAULT_VISIBLE,
+           uid_from_message: list[bool] | None = None, reopen: bool = False) -> Decision:
     """The item writes that apply `action` for `order`, given the order's stored items.
 
-    Writes that would change nothing (a resend under a new control ID) are left out.
+    Writes that would change nothing (a resend under a new control ID) are left out. An
+    item in a final status is left alone unless `reopen`; an order whose items are all
+    final takes nothing from the message, not even a new procedure.
     `uid_from_message[i]` says whether item i's StudyInstanceUID was in the message; a UID
     the mapping derived or generated never replaces the one an item already has, so the
     study keeps its UID across every update of the order.
     """
     shown = action.status in visible
     by_key = {i.item_key: i for i in existing}
+    control = order.control.strip().upper() or "(empty ORC-1)"
+    final = set() if reopen else {i.item_key for i in existing if i.final}
+    if existing and len(final) == len(existing):
+        statuses = "/".join(sorted({i.status for i in existing}))
+        return Decision([], [f"order {order.key} is {statuses}; {control} not applied"])
+    notes = [f"item {by_key[k].item_key} is {by_key[k].status}; {control} not applied to it"
+             for k in sorted(final)]
     writes: list[ItemWrite] = []
     if action.effect is Effect.STATUS:
         for old in existing:
-            writes.append(ItemWrite(old.item_key, old.order_key, action.status.value, shown,
-                                    old.dataset))
-        return _changed(writes, by_key)
+            if old.item_key not in final:
+                writes.append(ItemWrite(old.item_key, old.order_key, action.status.value,
+                                        shown, old.dataset, action.final))
+        return Decision(_changed(writes, by_key), notes)
     new_keys = set()
     for index, item in enumerate(order.items):
         key = item_key(order.key, item)
         new_keys.add(key)
+        if key in final:
+            continue
         old = by_key.get(key)
         explicit = uid_from_message[index] if uid_from_message else True
         if old is not None and not explicit and old.dataset.get("StudyInstanceUID"):
             item = {**item, "StudyInstanceUID": old.dataset["StudyInstanceUID"]}
-        writes.append(ItemWrite(key, order.key, action.status.value, shown, item))
+        writes.append(ItemWrite(key, order.key, action.status.value, shown, item,
+                                action.final))
+    notes = [n for k, n in zip(sorted(final), notes, strict=True) if k in new_keys]
     # A replacement that no longer lists an item (a procedure dropped by XO) removes it.
     for old in existing:
-        if old.item_key not in new_keys and old.visible:
+        if old.item_key not in new_keys and old.visible and old.item_key not in final:
             writes.append(ItemWrite(old.item_key, old.order_key, Status.DISCONTINUED.value,
-                                    False, old.dataset))
-    return _changed(writes, by_key)
+                                    False, old.dataset, False))
+    return Decision(_changed(writes, by_key), notes)
 
 
 def _changed(writes: list[ItemWrite], by_key: dict[str, StoredItem]) -> list[ItemWrite]:
@@ -170,7 +226,8 @@ def _changed(writes: list[ItemWrite], by_key: dict[str, StoredItem]) -> list[Ite
     for w in writes:
         old = by_key.get(w.item_key)
         if old is None or (old.status, old.visible, old.dataset) != (w.status, w.visible,
-                                                                     w.dataset):
+                                                                     w.dataset) \
+                or (w.final is not None and w.final != old.final):
             out.append(w)
     return out
 

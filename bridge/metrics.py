@@ -11,6 +11,7 @@ Metric names (all prefixed ``hl7bridge_``):
 - ``mapping_warnings_total{profile, rule, kind}``: mapping warnings (a code left out, a value
   truncated...) per profile, rule (``Keyword (file.yaml:line:col)``) and kind; each is logged
   once per mapping reload (``bridge/mapping/recurring.py``).
+- ``storage_full``: 1 while the store cannot write (disk full): messages get AE.
 - ``cfind_latency_seconds``: histogram for the MWL SCP to observe, one C-FIND from request to
   final status (``Bridge.metrics.cfind_latency.observe(seconds)``).
 
@@ -80,6 +81,8 @@ class Metrics:
         self.mapping_warnings = Counter("hl7bridge_mapping_warnings", "Mapping warnings by "
                                         "profile, rule and kind", ["profile", "rule", "kind"],
                                         registry=r)
+        self.storage_full = Gauge("hl7bridge_storage_full", "1 while the store cannot "
+                                  "write for want of space (messages get AE)", registry=r)
         self._types: set[str] = set()
 
     def message_answered(self, raw: bytes | None, result: str, seconds: float) -> None:

@@ -81,6 +81,8 @@ def journal_show(entry: JournalEntry) -> str:
         f"sender {entry.sender or '-'}, control id {entry.control_id or '-'}, "
         f"type {entry.message_type or '-'}, profile {entry.profile or '-'}",
         f"error: {entry.error or '-'}",
+        *([f"replayed {entry.replay_count} time(s), last {_when(entry.replayed_at)}"]
+          if entry.replay_count and entry.replayed_at else []),
         "--- message (raw bytes, shown as Latin-1) ---", raw,
         "--- ACK sent ---", ack or "(none)",
     ])
@@ -89,8 +91,9 @@ def journal_show(entry: JournalEntry) -> str:
 async def replay(config: Config, ids: list[int]) -> list[tuple[int, str, str | None]]:
     """Process journaled messages again, after a mapping fix. Returns (id, ACK code, error).
 
-    Each replay is journaled as a new message; the original entry is marked `replayed`
-    when the new run was accepted.
+    A failed (or interrupted) entry is processed again in place: it keeps its ID, gets the
+    new ACK and error, a replay count and time, and becomes `replayed` once accepted, so
+    the failed list only shrinks. Any other entry is processed as a new message.
     """
     store = AsyncStore(Store(config.store_path, sink_names(config)))
     try:
@@ -101,10 +104,12 @@ async def replay(config: Config, ids: list[int]) -> list[tuple[int, str, str | N
             if entry is None:
                 results.append((journal_id, "--", "no such journal entry"))
                 continue
-            outcome = await processor.handle(entry.raw, f"replay of {journal_id}")
-            if outcome.code == "AA":
-                await store.run(store.store.journal_mark, journal_id, "replayed",
-                                f"replayed as journal {outcome.journal_id}")
+            peer = f"replay of {journal_id}"
+            if entry.status in ("failed", "interrupted"):
+                outcome = await processor.handle(entry.raw, peer, journal_id)
+                await store.run(store.store.journal_replayed, journal_id)
+            else:
+                outcome = await processor.handle(entry.raw, peer)
             results.append((journal_id, outcome.code, outcome.error))
         return results
     finally:
@@ -167,10 +172,11 @@ def worklist_show(store: Store, item_key: str) -> str | None:
 
 
 def worklist_delete(store: Store, item_key: str) -> bool:
-    """Take an item off the worklist and out of the sinks (status DISCONTINUED)."""
+    """Take an item off the worklist and out of the sinks (status DISCONTINUED, final: a
+    resend of its order does not bring it back)."""
     item = store.item(item_key)
     if item is None:
         return False
     store.write_items([ItemWrite(item.item_key, item.order_key, Status.DISCONTINUED.value,
-                                 False, item.dataset)])
+                                 False, item.dataset, final=True)])
     return True

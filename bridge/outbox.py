@@ -13,7 +13,7 @@ import contextlib
 import logging
 
 from bridge.sinks import Sink, SinkUnavailable
-from bridge.store import AsyncStore
+from bridge.store import AsyncStore, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class OutboxWorker:
         # Why the sink cannot be reached, while it cannot; and how many probes failed.
         self.outage: str | None = None
         self._outage_probes = 0
+        self._full = False  # the store could not record the last deliveries (disk full)
         self.wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -54,6 +55,13 @@ class OutboxWorker:
         while True:
             try:
                 busy = await self.deliver_due()
+                self._full = False
+            except StorageFull:
+                # The store cannot record deliveries: wait, say it once (not per poll).
+                if not self._full:
+                    log.warning("outbox %s: storage full, deliveries wait for space",
+                                self.sink.name)
+                self._full, busy = True, False
             except Exception:
                 log.exception("outbox %s: unexpected error", self.sink.name)
                 busy = False

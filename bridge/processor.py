@@ -8,24 +8,26 @@ message stays in the journal with its error so it can be replayed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bridge import ack as acks
+from bridge import keys
 from bridge.ack import AckError, ErrorLocation
 from bridge.completeness import check_order
 from bridge.config import Config
 from bridge.decoding import DecodeError, UnknownCharset, decode
 from bridge.lifecycle import (
     MOVE_EVENTS,
+    NEW_CODES,
     Action,
     Effect,
     OrderControl,
-    UnknownOrder,
     UnknownOrderControl,
+    decide,
     patient_writes,
-    plan,
 )
 from bridge.logprivacy import exception_text
 from bridge.mapping.engine import (
@@ -40,7 +42,7 @@ from bridge.mapping.patient import PatientProfile, apply_patient_profile
 from bridge.mapping.recurring import WarningTally
 from bridge.mapping.rules import MappingFieldError
 from bridge.message import Message
-from bridge.store import AsyncStore, ItemWrite, StoredItem
+from bridge.store import AsyncStore, ItemWrite, OrderLookup, StorageFull, StoredItem
 from bridge.validate import strict_for, structure_error
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,21 @@ class Outcome:
     journal_id: int
     error: str | None = None
     writes: list[ItemWrite] = field(default_factory=list)
+
+
+def _accessions(order: MappedOrder) -> list[str]:
+    found = dict.fromkeys(str(i.get("AccessionNumber") or "") for i in order.items)
+    return [a for a in found if a]
+
+
+def _lookup(order: MappedOrder) -> OrderLookup:
+    """How the store finds the order: by its identifiers; by accession only for a message
+    about an existing order (orders may share an accession, so a new one never merges)."""
+    new = order.control.strip().upper() in NEW_CODES
+    return OrderLookup(order.key, order.identifiers, [] if new else _accessions(order))
+
+
+STORAGE_FULL = "storage full: the message was not stored, send it again later"
 
 
 class Rejection(Exception):
@@ -76,8 +93,13 @@ class Processor:
         # in-process views (the SCP's index) current.
         self.on_commit = on_commit
 
-    async def handle(self, raw: bytes, peer: str) -> Outcome:
-        journal_id = await self.store.run(self.store.store.journal_received, raw, peer)
+    async def handle(self, raw: bytes, peer: str, journal_id: int | None = None) -> Outcome:
+        """`journal_id`: a message journaled before (a replay), whose entry is updated."""
+        if journal_id is None:
+            try:
+                journal_id = await self.store.run(self.store.store.journal_received, raw, peer)
+            except StorageFull:
+                return self._not_stored(raw, peer)
         header: dict[str, str | None] = {}
         msg: Message | None = None
         try:
@@ -93,20 +115,20 @@ class Processor:
                 previous = await self._previous(header)
                 if previous is not None:
                     return await self._duplicate(journal_id, header, previous)
-                writes, warnings = await self._patient_writes(msg, profile), []
+                writes, warnings, identifiers = await self._patient_writes(msg, profile), [], []
             else:
                 # Map first (CPU only), then one trip to the store for both the duplicate
                 # check and the orders' items: fewer hand-offs to the store's thread.
                 mapped = self._map(msg, profile)
                 previous, existing = await self.store.run(
                     self.store.store.prior_state, header["sender"], header["control_id"],
-                    [o.key for o in mapped.orders])
+                    [_lookup(o) for o in mapped.orders])
                 if previous is not None:
                     return await self._duplicate(journal_id, header, previous)
-                writes, warnings = self._plan(msg, mapped, existing)
+                writes, warnings, identifiers = self._plan(msg, mapped, existing)
             ack = self._encode(acks.build_ack("AA", f"A{journal_id}", msg), msg)
             await self.store.run(self.store.store.commit_message, journal_id, header, writes,
-                                 "AA", ack, "; ".join(warnings) or None)
+                                 "AA", ack, "; ".join(warnings) or None, identifiers)
             self.on_commit(writes)
             return Outcome(ack, "AA", journal_id, writes=writes)
         except Rejection as rej:
@@ -116,6 +138,9 @@ class Processor:
             if previous is not None:
                 return await self._duplicate(journal_id, header, previous)
             return await self._fail(journal_id, header, msg, rej.code, rej.error)
+        except StorageFull:
+            return await self._fail(journal_id, header, msg, "AE", AckError(
+                acks.APPLICATION_INTERNAL_ERROR, STORAGE_FULL))
         except Exception as exc:  # a bug must cost one AE, not the connection
             log.exception("journal %d: internal error", journal_id)
             err = AckError(acks.APPLICATION_INTERNAL_ERROR, f"internal error: {exc}")
@@ -156,7 +181,8 @@ class Processor:
                 acks.TABLE_VALUE_NOT_FOUND, f"unknown character set {exc} in MSH-18",
                 ErrorLocation("MSH", 18))) from exc
         msg = Message(decoded)
-        header.update(sender=f"{msg.header(3)}|{msg.header(4)}", control_id=msg.control_id,
+        # Whole fields, escaped for the key: no two senders or control IDs share a key.
+        header.update(sender=keys.sender_key(msg), control_id=keys.control_key(msg),
                       message_type=msg.message_type)
         if not msg.header(9):
             raise Rejection("AR", AckError(acks.REQUIRED_FIELD_MISSING,
@@ -206,28 +232,43 @@ class Processor:
             raise Rejection("AE", AckError(acks.REQUIRED_FIELD_MISSING, str(exc),
                                            ErrorLocation("ORC", 1, order.group_index))) from exc
 
-    def _plan(self, msg: Message, mapped: MappedMessage,
-              existing: dict[str, list[StoredItem]]) -> tuple[list[ItemWrite], list[str]]:
-        """The item writes for a mapped message, given the stored items of its orders."""
+    def _plan(self, msg: Message, mapped: MappedMessage, existing: dict[str, list[StoredItem]]
+              ) -> tuple[list[ItemWrite], list[str], list[tuple[str, str, str]]]:
+        """The item writes for a mapped message, given the stored items of its orders; the
+        notes for the journal; the orders' identifiers (order key, kind, value) to keep."""
         charset = msg.decoded.charset.dicom
         sender = msg.header(3)
+        rules = self.control.rules(sender)
         writes: list[ItemWrite] = []
+        notes = list(mapped.specific_warnings)  # recurring ones are counted (recurring.py)
+        identifiers: list[tuple[str, str, str]] = []
         for order in mapped.orders:
             action = self._action(sender, order)
             for item in order.items:
                 if charset:
                     item["SpecificCharacterSet"] = charset
             current = existing.get(order.key, [])
-            if not current and not self.control.creates_unknown(sender, order.control):
-                err = UnknownOrder(f"order {order.key} is unknown: {order.control} changes "
-                                   "only an order the bridge already has")
-                raise Rejection("AE", AckError(acks.UNKNOWN_KEY_IDENTIFIER, str(err),
-                                               ErrorLocation("ORC", 2, order.group_index)))
+            control = order.control.strip().upper()
+            if current:
+                order.key = current[0].order_key  # found by another of its identifiers
+            elif action.effect is Effect.STATUS or \
+                    not self.control.creates_unknown(sender, order.control):
+                text = f"no such order {order.key}: {control} not applied"
+                if action.effect is Effect.REPLACE or rules.status_unknown == "reject":
+                    raise Rejection("AE", AckError(acks.UNKNOWN_KEY_IDENTIFIER, text,
+                                                   ErrorLocation("ORC", 2, order.group_index)))
+                notes.append(text)
+                continue
             # A UID found in the message's text came from it; any other was derived.
             from_message = [str(i.get("StudyInstanceUID", "")) in msg.decoded.text
                             for i in order.items]
-            writes.extend(plan(order, current, action, self.control.visible, from_message))
-        return writes, mapped.specific_warnings  # recurring ones are counted (recurring.py)
+            decision = decide(order, current, action, self.control.visible, from_message,
+                              rules.reopen_final)
+            writes.extend(decision.writes)
+            notes.extend(decision.notes)
+            identifiers.extend((order.key, kind, value) for kind, value in order.identifiers)
+            identifiers.extend((order.key, "accession", a) for a in _accessions(order))
+        return writes, notes, identifiers
 
     async def _patient_writes(self, msg: Message, profile: PatientProfile) -> list[ItemWrite]:
         event = msg.header(9, 2)
@@ -278,6 +319,19 @@ class Processor:
         try:
             await self.store.run(self.store.store.journal_failed, journal_id, header, code, ack,
                                  f"{error.code}{where}: {error.text}")
+        except StorageFull:
+            log.warning("journal %d: storage full, the failure is not recorded", journal_id)
         except Exception:
             log.exception("journal %d: could not record the failure", journal_id)
         return Outcome(ack, code, journal_id, error=error.text)
+
+    def _not_stored(self, raw: bytes, peer: str) -> Outcome:
+        """The store cannot even journal the message: AE, so the sender keeps it and
+        sends it again; MSA-2 still echoes its MSH-10 when that can be read."""
+        msg = None
+        with contextlib.suppress(Exception):
+            msg = self._decode(raw, {})
+        error = AckError(acks.APPLICATION_INTERNAL_ERROR, STORAGE_FULL)
+        ack = self._encode(acks.build_ack("AE", "A0", msg, error), msg)
+        log.warning("storage full: a message from %s was not stored, AE sent", peer)
+        return Outcome(ack, "AE", 0, error=error.text)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import json
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -71,6 +72,51 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, state, id);
 """
 
+# Every identifier an order was seen with (placer and filler numbers with their
+# namespaces, accession numbers), so that a message naming it by any of them finds it. A
+# placer or filler number belongs to the first order that had it; an accession number may
+# cover several orders (and then finds none).
+ORDER_IDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS order_ids (
+    kind        TEXT NOT NULL,   -- the key rule's field (ORC-2, ORC-3...) or 'accession'
+    value       TEXT NOT NULL,   -- key text (keys.py)
+    order_key   TEXT NOT NULL,
+    PRIMARY KEY (kind, value, order_key)
+);
+CREATE INDEX IF NOT EXISTS order_ids_order ON order_ids (order_key);
+"""
+
+# MPPS instances (N-CREATE, N-SET) and the items each one performs: they outlive a restart.
+MPPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS mpps (
+    uid         TEXT PRIMARY KEY,  -- SOP Instance UID
+    state       TEXT NOT NULL,     -- IN PROGRESS | COMPLETED | DISCONTINUED
+    calling_ae  TEXT NOT NULL,
+    attributes  TEXT NOT NULL,     -- DICOM JSON: N-CREATE's attributes, N-SETs applied
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mpps_items (
+    uid         TEXT NOT NULL,
+    item_key    TEXT NOT NULL,
+    PRIMARY KEY (uid, item_key)
+);
+CREATE INDEX IF NOT EXISTS mpps_items_item ON mpps_items (item_key);
+"""
+
+# Columns added after the first release: (table, column, definition, what existing rows get).
+# The start-up adds the ones a store lacks; existing files keep opening.
+COLUMNS = [
+    ("items", "final", "INTEGER NOT NULL DEFAULT 0",
+     # Before, COMPLETED and CANCELED could only come from an end; DISCONTINUED also came
+     # from a hold, an expiry or a dropped procedure, so it stays open.
+     "UPDATE items SET final = 1 WHERE status IN ('COMPLETED', 'CANCELED')"),
+    ("journal", "replay_count", "INTEGER NOT NULL DEFAULT 0", None),
+    ("journal", "replayed_at", "REAL", None),
+]
+
+MPPS_FINAL = frozenset({"COMPLETED", "DISCONTINUED"})
+
 # What a remote sink (Orthanc) is known to hold, per item: whether the bridge has delivered
 # the item there, and whether the sink removed it by itself (Orthanc's
 # DeleteWorklistsOnStableStudy), in which case the bridge must never recreate it.
@@ -86,6 +132,20 @@ CREATE TABLE IF NOT EXISTS sink_state (
 """
 
 
+class StorageFull(Exception):
+    """The store cannot write: its disk, or its size limit, is full. Nothing of the call
+    was stored; the same call succeeds once there is space again."""
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    if isinstance(exc, StorageFull):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or \
+            "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
 @dataclass
 class StoredItem:
     item_key: str
@@ -95,6 +155,7 @@ class StoredItem:
     dataset: dict
     patient_id: str
     updated_at: float
+    final: bool = False  # the status sticks (lifecycle.py)
 
 
 @dataclass
@@ -106,6 +167,36 @@ class ItemWrite:
     status: str
     visible: bool
     dataset: dict
+    final: bool | None = None  # None: as stored (a new item: not final)
+
+
+@dataclass
+class OrderLookup:
+    """How a message names one order: its key, every identifier it carries (kind, key
+    text), and accession numbers (only used when they name exactly one order)."""
+
+    key: str
+    identifiers: list[tuple[str, str]] = field(default_factory=list)
+    accessions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Mpps:
+    uid: str
+    state: str
+    calling_ae: str
+    attributes: dict
+    item_keys: list[str]
+    created_at: float
+    updated_at: float
+
+
+class MppsUnknown(LookupError):
+    """An N-SET for an instance the store does not hold."""
+
+
+class MppsFinal(ValueError):
+    """An N-SET for an instance already COMPLETED or DISCONTINUED."""
 
 
 @dataclass
@@ -122,6 +213,8 @@ class JournalEntry:
     ack_code: str | None
     ack: bytes | None
     error: str | None
+    replay_count: int = 0
+    replayed_at: float | None = None
 
 
 @dataclass
@@ -163,7 +256,8 @@ class SinkState:
 
 def _item(row: sqlite3.Row) -> StoredItem:
     return StoredItem(row["item_key"], row["order_key"], row["status"], bool(row["visible"]),
-                      json.loads(row["dataset"]), row["patient_id"], row["updated_at"])
+                      json.loads(row["dataset"]), row["patient_id"], row["updated_at"],
+                      bool(row["final"]))
 
 
 class Store:
@@ -173,13 +267,41 @@ class Store:
         self.sinks = list(sinks)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before we send AA. NORMAL could lose the last commits
-        # on power loss in WAL mode.
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(SCHEMA)
-        self.db.executescript(SINK_STATE_SCHEMA)
+        # Since when writes fail for want of space (None: they work); /healthz shows it.
+        self.full_since: float | None = None
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before we send AA. NORMAL could lose the last
+            # commits on power loss in WAL mode.
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.executescript(SCHEMA)
+            self.db.executescript(SINK_STATE_SCHEMA)
+            self.db.executescript(ORDER_IDS_SCHEMA)
+            self.db.executescript(MPPS_SCHEMA)
+            self._migrate()
+        except sqlite3.Error as exc:
+            # A new store (or a migration) on a full disk: a clear error, not a traceback.
+            self.db.close()
+            if is_storage_full(exc):
+                raise StorageFull(f"{path}: storage full, the store cannot be created or "
+                                  "upgraded") from exc
+            raise
+
+    def _migrate(self) -> None:
+        missing = [c for c in COLUMNS if c[1] not in self._columns(c[0])]
+        if not missing:
+            return  # the usual start: nothing to write
+        with self._transaction():
+            for table, column, definition, fill in missing:
+                if column in self._columns(table):
+                    continue  # another process migrated it meanwhile
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                if fill:
+                    self.db.execute(fill)
+
+    def _columns(self, table: str) -> set[str]:
+        return {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
 
     def close(self) -> None:
         self.db.close()
@@ -187,10 +309,17 @@ class Store:
     def recover(self) -> int:
         """At start-up: messages journaled but never answered (the bridge stopped while
         processing them) are marked `interrupted`. Their senders got no ACK and send them
-        again; the entries stay for the record."""
-        cur = self.db.execute(
-            "UPDATE journal SET status = 'interrupted', error = 'the bridge stopped before "
-            "answering; the sender was not acknowledged' WHERE status = 'received'")
+        again; the entries stay for the record. Raises StorageFull when the disk is full
+        (the entries then stay `received` until the next start)."""
+        try:
+            cur = self.db.execute(
+                "UPDATE journal SET status = 'interrupted', error = 'the bridge stopped before "
+                "answering; the sender was not acknowledged' WHERE status = 'received'")
+        except sqlite3.Error as exc:
+            if not is_storage_full(exc):
+                raise
+            self.full_since = self.full_since or time.time()
+            raise StorageFull(f"{self.path}: {exc}") from exc
         return cur.rowcount
 
     # --- journal ---------------------------------------------------------------------------
@@ -222,18 +351,47 @@ class Store:
             self.db.execute("PRAGMA synchronous=FULL")
 
     def previous_ack(self, sender: str, control_id: str) -> tuple[str, bytes] | None:
-        """The ACK already sent for this sender's control ID, if it was processed."""
+        """The ACK already sent for this sender's control ID, if it was accepted (first
+        time or on a replay)."""
         row = self.db.execute(
             "SELECT ack_code, ack FROM journal WHERE sender = ? AND control_id = ? "
-            "AND status = 'processed' ORDER BY id LIMIT 1", (sender, control_id)).fetchone()
+            "AND (status = 'processed' OR (status = 'replayed' AND ack_code = 'AA')) "
+            "ORDER BY id LIMIT 1", (sender, control_id)).fetchone()
         return (row["ack_code"], row["ack"]) if row else None
 
-    def prior_state(self, sender: str | None, control_id: str | None, order_keys: list[str]
+    def prior_state(self, sender: str | None, control_id: str | None,
+                    orders: list[OrderLookup]
                     ) -> tuple[tuple[str, bytes] | None, dict[str, list[StoredItem]]]:
         """What the processor needs before it commits a message, in one call: the ACK of an
-        earlier message with this control ID, if any, and the stored items of its orders."""
+        earlier message with this control ID, if any, and the stored items of its orders,
+        keyed by the message's order key (the items carry the order's stored key)."""
         previous = self.previous_ack(sender or "", control_id) if control_id else None
-        return previous, {key: self.items_of_order(key) for key in dict.fromkeys(order_keys)}
+        return previous, {o.key: self.find_order(o) for o in orders}
+
+    def find_order(self, lookup: OrderLookup) -> list[StoredItem]:
+        """The items of the order a message names: by any identifier the order was seen
+        with, then by key (orders stored before identifiers were kept), then by an
+        accession number that names one order only."""
+        for kind, value in lookup.identifiers:
+            row = self.db.execute("SELECT order_key FROM order_ids WHERE kind = ? AND "
+                                  "value = ?", (kind, value)).fetchone()
+            if row is not None and (items := self.items_of_order(row["order_key"])):
+                return items
+        if items := self.items_of_order(lookup.key):
+            return items
+        if lookup.accessions:
+            marks = ",".join("?" * len(lookup.accessions))
+            rows = self.db.execute(
+                f"SELECT DISTINCT order_key FROM order_ids WHERE kind = 'accession' AND "
+                f"value IN ({marks})", lookup.accessions).fetchall()
+            if len(rows) == 1:
+                return self.items_of_order(rows[0]["order_key"])
+        return []
+
+    def order_identifiers(self, order_key: str) -> list[tuple[str, str]]:
+        rows = self.db.execute("SELECT kind, value FROM order_ids WHERE order_key = ? "
+                               "ORDER BY kind, value", (order_key,)).fetchall()
+        return [(r["kind"], r["value"]) for r in rows]
 
     def _finish(self, journal_id: int, status: str, header: dict[str, str | None],
                 ack_code: str, ack: bytes, error: str | None) -> None:
@@ -243,6 +401,14 @@ class Store:
             (status, header.get("sender"), header.get("control_id"),
              header.get("message_type"), header.get("profile"), ack_code, ack, error,
              journal_id))
+
+    def journal_replayed(self, journal_id: int) -> None:
+        """After a replay that updated the entry in place: count it. One now processed is
+        `replayed` (it failed once); a failing one stays `failed` with its last error."""
+        self.db.execute(
+            "UPDATE journal SET replay_count = replay_count + 1, replayed_at = ?, "
+            "status = CASE WHEN status = 'processed' THEN 'replayed' ELSE status END "
+            "WHERE id = ?", (time.time(), journal_id))
 
     def journal_failed(self, journal_id: int, header: dict[str, str | None], ack_code: str,
                        ack: bytes, error: str) -> None:
@@ -282,13 +448,19 @@ class Store:
 
     def commit_message(self, journal_id: int, header: dict[str, str | None],
                        writes: list[ItemWrite], ack_code: str, ack: bytes,
-                       warnings: str | None = None) -> None:
-        """One transaction: the items, their outbox rows and the journal's ACK.
+                       warnings: str | None = None,
+                       identifiers: Iterable[tuple[str, str, str]] = ()) -> None:
+        """One transaction: the items, their outbox rows, the orders' identifiers
+        (order key, kind, value) and the journal's ACK.
 
         When this returns, the order is durable and the ACK may go out.
         """
         with self._transaction():
             self._write_items(writes, journal_id)
+            self.db.executemany(
+                "INSERT OR IGNORE INTO order_ids (order_key, kind, value) SELECT ?1, ?2, ?3 "
+                "WHERE ?2 = 'accession' OR NOT EXISTS (SELECT 1 FROM order_ids WHERE "
+                "kind = ?2 AND value = ?3)", list(identifiers))
             self._finish(journal_id, "processed", header, ack_code, ack, warnings)
 
     def write_items(self, writes: list[ItemWrite]) -> None:
@@ -300,17 +472,20 @@ class Store:
     def _write_items(self, writes: list[ItemWrite], journal_id: int | None) -> None:
         now = time.time()
         for w in writes:
+            final = None if w.final is None else int(w.final)
             self.db.execute(
                 "INSERT INTO items (item_key, order_key, status, visible, dataset, patient_id, "
-                "sps_start, updated_at, journal_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "sps_start, updated_at, journal_id, final) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+                "?8, ?9, COALESCE(?10, 0)) "
                 "ON CONFLICT (item_key) DO UPDATE SET order_key = excluded.order_key, "
                 "status = excluded.status, visible = excluded.visible, "
                 "dataset = excluded.dataset, patient_id = excluded.patient_id, "
                 "sps_start = excluded.sps_start, updated_at = excluded.updated_at, "
-                "journal_id = COALESCE(excluded.journal_id, items.journal_id)",
+                "journal_id = COALESCE(excluded.journal_id, items.journal_id), "
+                "final = COALESCE(?10, items.final)",
                 (w.item_key, w.order_key, w.status, int(w.visible),
                  json.dumps(w.dataset, ensure_ascii=False), str(w.dataset.get("PatientID", "")),
-                 _sps_start(w.dataset), now, journal_id))
+                 _sps_start(w.dataset), now, journal_id, final))
             for sink in self.sinks:
                 self.db.execute("INSERT INTO outbox (sink, item_key, created_at) VALUES (?, ?, ?)",
                                 (sink, w.item_key, now))
@@ -359,18 +534,82 @@ class Store:
         self.db.execute("DELETE FROM outbox WHERE state = 'done' AND created_at < ?", (before,))
         return cur.rowcount
 
-    def set_status(self, item_keys: Iterable[str], status: str, visible: bool
-                   ) -> list[ItemWrite]:
+    def set_status(self, item_keys: Iterable[str], status: str, visible: bool,
+                   final: bool | None = None) -> list[ItemWrite]:
         """Change the status of existing items (MPPS) and queue them for every sink, in one
-        transaction. Returns the writes, for the commit hook; unknown keys are skipped."""
-        writes: list[ItemWrite] = []
+        transaction. Returns the writes, for the commit hook; unknown keys and items in a
+        final status are skipped."""
         with self._transaction():
-            for key in item_keys:
-                item = self.item(key)
-                if item is not None:
-                    writes.append(ItemWrite(key, item.order_key, status, visible, item.dataset))
+            writes = self._status_writes(item_keys, status, visible, final)
             self._write_items(writes, None)
         return writes
+
+    def _status_writes(self, item_keys: Iterable[str], status: str, visible: bool,
+                       final: bool | None) -> list[ItemWrite]:
+        writes: list[ItemWrite] = []
+        for key in item_keys:
+            item = self.item(key)
+            if item is not None and not item.final and (item.status, item.visible) != \
+                    (status, visible):
+                writes.append(ItemWrite(key, item.order_key, status, visible, item.dataset,
+                                        final))
+        return writes
+
+    # --- MPPS ------------------------------------------------------------------------------
+
+    def mpps_create(self, uid: str, calling_ae: str, item_keys: list[str], attributes: dict,
+                    status: str, visible: bool) -> list[ItemWrite] | None:
+        """N-CREATE: the instance, its items and their new status, in one transaction.
+        None when the instance exists already (nothing changes)."""
+        now = time.time()
+        with self._transaction():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO mpps (uid, state, calling_ae, attributes, created_at, "
+                "updated_at) VALUES (?, 'IN PROGRESS', ?, ?, ?, ?)",
+                (uid, calling_ae, json.dumps(attributes), now, now))
+            if cur.rowcount == 0:
+                return None
+            self.db.executemany("INSERT OR IGNORE INTO mpps_items (uid, item_key) VALUES (?, ?)",
+                                [(uid, key) for key in item_keys])
+            writes = self._status_writes(item_keys, status, visible, None)
+            self._write_items(writes, None)
+        return writes
+
+    def mpps_set(self, uid: str, state: str, modifications: dict,
+                 item_status: tuple[str, bool, bool] | None) -> tuple[Mpps, list[ItemWrite]]:
+        """N-SET: the modifications merged into the instance and, for `item_status`
+        (status, visible, final), its items changed, in one transaction. Raises
+        MppsUnknown or MppsFinal (a COMPLETED or DISCONTINUED instance no longer changes)."""
+        with self._transaction():
+            mpps = self.mpps(uid)
+            if mpps is None:
+                raise MppsUnknown(uid)
+            if mpps.state in MPPS_FINAL:
+                raise MppsFinal(f"MPPS {uid} is {mpps.state}")
+            mpps.attributes.update(modifications)
+            mpps.state = state or mpps.state
+            mpps.updated_at = time.time()
+            self.db.execute("UPDATE mpps SET state = ?, attributes = ?, updated_at = ? "
+                            "WHERE uid = ?", (mpps.state, json.dumps(mpps.attributes),
+                                              mpps.updated_at, uid))
+            writes: list[ItemWrite] = []
+            if item_status is not None:
+                writes = self._status_writes(mpps.item_keys, *item_status)
+                self._write_items(writes, None)
+        return mpps, writes
+
+    def mpps(self, uid: str) -> Mpps | None:
+        row = self.db.execute("SELECT * FROM mpps WHERE uid = ?", (uid,)).fetchone()
+        if row is None:
+            return None
+        keys = [r["item_key"] for r in self.db.execute(
+            "SELECT item_key FROM mpps_items WHERE uid = ? ORDER BY rowid", (uid,))]
+        return Mpps(row["uid"], row["state"], row["calling_ae"], json.loads(row["attributes"]),
+                    keys, row["created_at"], row["updated_at"])
+
+    def mpps_of_item(self, item_key: str) -> list[str]:
+        return [r["uid"] for r in self.db.execute(
+            "SELECT uid FROM mpps_items WHERE item_key = ? ORDER BY rowid", (item_key,))]
 
     def items_with_status(self, statuses: Iterable[str], after: str = "",
                           limit: int = -1) -> list[StoredItem]:
@@ -522,6 +761,8 @@ class _Transaction:
         self.db.execute("SAVEPOINT op" if self.savepoint else "BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type and not self.db.in_transaction:
+            return  # SQLite rolled it back already (SQLITE_FULL, some I/O errors)
         if self.savepoint:
             if exc_type:
                 self.db.execute("ROLLBACK TO op")
@@ -585,6 +826,7 @@ class AsyncStore:
         db = self.store.db
         outcomes: list[tuple[bool, object]] = []
         grouped = len(group) > 1
+        changes = db.total_changes
         try:
             if grouped:
                 db.execute("BEGIN IMMEDIATE")
@@ -597,17 +839,36 @@ class AsyncStore:
                         outcomes.append((True, call.fn(*call.args)))
                 except BaseException as exc:  # handed to the caller, as the executor did
                     outcomes.append((False, exc))
+                    if grouped and not db.in_transaction:
+                        # SQLite rolled the whole transaction back (SQLITE_FULL does):
+                        # nothing of the group holds, and nothing more may run outside it.
+                        raise exc
             if grouped:
                 db.execute("COMMIT")
         except BaseException as exc:  # the COMMIT itself failed: nothing of the group holds
             if db.in_transaction:
                 db.execute("ROLLBACK")
             outcomes = [(False, exc)] * len(group)
+        outcomes = [self._full(value) if not ok else (ok, value) for ok, value in outcomes]
+        if all(ok for ok, _ in outcomes) and db.total_changes > changes:
+            self.store.full_since = None  # a write went through: there is space again
         for call, (ok, value) in zip(group, outcomes, strict=True):
             if ok:
                 call.future.set_result(value)
             else:
                 call.future.set_exception(value)
+
+    def _full(self, exc: object) -> tuple[bool, object]:
+        """A failure for want of space becomes StorageFull (callers answer AE, not crash)."""
+        if isinstance(exc, BaseException) and not isinstance(exc, StorageFull) and \
+                is_storage_full(exc):
+            self.store.full_since = self.store.full_since or time.time()
+            full = StorageFull(f"storage full: {exc}")
+            full.__cause__ = exc
+            return False, full
+        if isinstance(exc, StorageFull):
+            self.store.full_since = self.store.full_since or time.time()
+        return False, exc
 
     def close(self) -> None:
         self._calls.put(None)

@@ -76,6 +76,9 @@ async def test_worklist_list_show_delete(processor, tmp_path) -> None:
     assert deleted.returncode == 0
     assert cli(tmp_path, "worklist", "list").stdout.splitlines()[1:] == []
     assert "DISCONTINUED" in cli(tmp_path, "worklist", "list", "--all").stdout
+    # The operator's removal sticks: a resend of the order does not bring the item back.
+    await processor.handle(orm("W2", order="W1", accession="WACC").encode(), "t")
+    assert cli(tmp_path, "worklist", "list").stdout.splitlines()[1:] == []
     missing = cli(tmp_path, "worklist", "show", "nope")
     assert missing.returncode == 1 and "no such item" in missing.stderr
 
@@ -177,3 +180,44 @@ def test_validate_works_on_a_plain_install() -> None:
                              str(ROOT / "tests/fixtures/hl7/dcm4che__ORM_O01_v231_2019.hl7")],
                             capture_output=True, text=True, timeout=120, env=bridge_env())
     assert "ORM_O01" in result.stdout and "hl7apy" not in result.stderr, result.stderr
+async def test_replaying_failed_entries_updates_them_instead_of_adding_new_ones(
+        processor, config) -> None:
+    """Two runs of `journal replay --failed` over two still-failing messages used to turn
+    2 failed entries into 5; now the failed list stays at 2, each entry counting its runs."""
+    from bridge.operations import replay
+
+    bad = [await processor.handle(orm(f"R{n}", order=f"R{n}", modality="").encode(), "t")
+           for n in (1, 2)]
+    ids = [o.journal_id for o in bad]
+    db = processor.store.store
+    for run in (1, 2):
+        failed = [e.id for e in db.journal_since(0, "failed")]
+        results = await replay(config, failed)
+        assert [code for _, code, _ in results] == ["AE", "AE"]
+        entries = db.journal_entries(limit=100)
+        assert sorted(e.id for e in entries) == ids  # no new entries
+        assert all(e.status == "failed" and e.replay_count == run and e.replayed_at
+                   and "OBR-24" in e.error for e in entries)
+    # After a mapping fix (a default modality) the first one is accepted, in place.
+    results = await replay(_with_default_modality(config), ids[:1])
+    assert results[0][1] == "AA"
+    entry = db.journal_entry(ids[0])
+    assert (entry.status, entry.replay_count, entry.ack_code) == ("replayed", 3, "AA")
+    from bridge.operations import journal_show
+    assert "replayed 3 time(s), last " in journal_show(entry)
+    assert [e.id for e in db.journal_since(0, "failed")] == ids[1:]
+    # A resend of the replayed message is a duplicate of it, with the AA it got.
+    again = await processor.handle(orm("R1", order="R1", modality="").encode(), "t")
+    assert again.ack == entry.ack and again.code == "AA"
+
+
+def _with_default_modality(config):
+    import shutil
+
+    folder = config.data_dir / "mappings"
+    shutil.copytree(config.mappings.dir, folder)
+    path = folder / "ihe-orm-o01.yaml"
+    path.write_text(path.read_text().replace("Modality: {from: OBR-24, required: true}",
+                                             "Modality: {from: OBR-24, default: CT}"))
+    return config.model_copy(update={"mappings": config.mappings.model_copy(
+        update={"dir": folder})})

@@ -5,7 +5,9 @@ each query must return."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
@@ -21,7 +23,7 @@ from bridge.config import ScpAeOptions, ScpConfig
 from bridge.lifecycle import Status
 from bridge.scp.index import WorklistIndex
 from bridge.scp.server import WorklistScp, all_visible_statuses, set_nodelay
-from bridge.store import ItemWrite
+from bridge.store import ItemWrite, Store
 
 
 def item(accession: str, name: str, station: str, status: str = "SCHEDULED",
@@ -46,22 +48,53 @@ ITEMS = [
 ]
 
 
+class StoreMpps:
+    """MPPS kept in a real Store, called from association threads (service.py does the same
+    through the bridge's store thread); commits go to the index, as in the bridge."""
+
+    def __init__(self, store: Store, index: WorklistIndex):
+        self.store, self.index = store, index
+        self.lock = threading.Lock()
+        self.changes: list[tuple[list[str], Status]] = []
+
+    def create(self, uid: str, calling_ae: str, item_keys: list[str], attributes: dict) -> bool:
+        with self.lock:
+            writes = self.store.mpps_create(uid, calling_ae, item_keys, attributes,
+                                            "STARTED", False)
+        self._applied(writes or [], Status.STARTED)
+        return writes is not None
+
+    def update(self, uid: str, state: str, modifications: dict) -> None:
+        status = {"COMPLETED": Status.COMPLETED, "DISCONTINUED": Status.DISCONTINUED}.get(state)
+        with self.lock:
+            _, writes = self.store.mpps_set(uid, state, modifications,
+                                            None if status is None else (status.value, False,
+                                                                         True))
+        self._applied(writes, status)
+
+    def _applied(self, writes: list[ItemWrite], status: Status | None) -> None:
+        if writes and status is not None:
+            self.changes.append(([w.item_key for w in writes], status))
+        self.index.apply(writes)
+
+
 class Server:
-    def __init__(self, config: ScpConfig, items: list[ItemWrite]):
+    def __init__(self, config: ScpConfig, items: list[ItemWrite], store: Store | None = None):
+        store = store or Store(Path(":memory:"))
         self.index = WorklistIndex(all_visible_statuses(config))
         self.index.apply(items)
-        self.changes: list[tuple[list[str], Status]] = []
-        self.scp = WorklistScp(config, self.index, self._changed)
+        store.write_items(items)
+        self.mpps = StoreMpps(store, self.index)
+        self.scp = WorklistScp(config, self.index, self.mpps)
         self.port = self.scp.start()
 
-    def _changed(self, keys: list[str], status: Status) -> None:
-        self.changes.append((keys, status))
-        self.index.apply([ItemWrite(k, k, status.value, False, self.index.get(k).data)
-                          for k in keys if self.index.get(k)])
+    @property
+    def changes(self) -> list[tuple[list[str], Status]]:
+        return self.mpps.changes
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
+def server(tmp_path: Path) -> Iterator[Server]:
     config = ScpConfig(
         port=0, allowed_calling_aes=[],
         calling_aes={
@@ -72,9 +105,11 @@ def server() -> Iterator[Server]:
             "CASELESS": ScpAeOptions(pn_case_insensitive=True),
             "NURSE": ScpAeOptions(visible_statuses=["SCHEDULED", "ARRIVED", "STARTED"]),
         })
-    s = Server(config, ITEMS)
+    store = Store(tmp_path / "scp.sqlite")
+    s = Server(config, ITEMS, store)
     yield s
     s.scp.stop()
+    store.close()
 
 
 def modality(calling: str) -> AE:
@@ -255,6 +290,49 @@ def test_response_character_sets() -> None:
     # Plain ASCII and nothing declared: SpecificCharacterSet is there, empty.
     ds = response({0x00100010: ("PN", "DOE^JOHN")}, "", "")
     assert "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet
+
+
+def test_mpps_survives_a_restart_of_the_scp(server: Server, tmp_path: Path) -> None:
+    """N-CREATE, then the SCP (and its store connection) replaced by new ones on the same
+    database file, then N-SET COMPLETED: found in the store, accepted, the item COMPLETED.
+    The old SCP kept instances in memory and answered 0x0112 here."""
+    uid = "1.2.826.0.1.3680043.9.999.3"
+    assoc = associate(server.port, "CT2")
+    create = mpps_create("2")
+    assert assoc.send_n_create(create, ModalityPerformedProcedureStep, uid)[0].Status == 0
+    assoc.release()
+    server.scp.stop()
+    server.mpps.store.close()
+
+    store = Store(tmp_path / "scp.sqlite")  # the restarted bridge opens the same file
+    try:
+        index = WorklistIndex(frozenset({"SCHEDULED", "ARRIVED"}))
+        index.load(store.items_with_status(index.statuses))
+        scp = WorklistScp(ScpConfig(port=0), index, StoreMpps(store, index))
+        port = scp.start()
+        try:
+            assoc = associate(port, "CT2")
+            done = Dataset()
+            done.PerformedProcedureStepStatus = "COMPLETED"
+            done.PerformedProcedureStepEndDate = "20240102"
+            status, _ = assoc.send_n_set(done, ModalityPerformedProcedureStep, uid)
+            assert status.Status == 0x0000
+            # A COMPLETED step may no longer be updated (PS3.4 F.7.2.2): 0110, not 0000.
+            status, _ = assoc.send_n_set(done, ModalityPerformedProcedureStep, uid)
+            assert status.Status == 0x0110
+            assoc.release()
+        finally:
+            scp.stop()
+        item = store.item("k2")
+        assert (item.status, item.visible, item.final) == ("COMPLETED", False, True)
+        mpps = store.mpps(uid)
+        assert (mpps.state, mpps.calling_ae, mpps.item_keys) == ("COMPLETED", "CT2", ["k2"])
+        # The N-CREATE's attributes and the N-SET's modifications are both kept.
+        assert mpps.attributes["00400253"]["Value"] == ["PPS1"]  # PerformedProcedureStepID
+        assert mpps.attributes["00400250"]["Value"] == ["20240102"]
+        assert store.mpps_of_item("k2") == [uid]
+    finally:
+        store.close()
 
 
 def test_mpps_duplicate_instance(server: Server) -> None:

@@ -31,6 +31,9 @@ async def test_a_cancelled_caller_does_not_stop_the_store_thread(tmp_path: Path)
         running = asyncio.ensure_future(store.run(store.store.journal_received, b"y", "p"))
         await asyncio.sleep(0.05)
         queued.cancel()  # its connection closed while the call waited its turn
+        # The cancel reaches the store's own future on the loop's next turn: let it, or the
+        # thread, woken by the gate, may start the call first (a race under load).
+        await asyncio.sleep(0.05)
         gate.set()
         await blocker
         journal_id = await asyncio.wait_for(running, 5)
@@ -64,3 +67,39 @@ async def test_calls_queued_together_commit_together_and_fail_alone(tmp_path: Pa
         assert sorted(e.raw for e in entries) == [b"a", b"b"]
     finally:
         store.close()
+
+
+# The tables as the first release wrote them: a store file from then must still open.
+OLD_SCHEMA = """
+CREATE TABLE journal (id INTEGER PRIMARY KEY, received_at REAL NOT NULL, peer TEXT NOT NULL,
+    raw BLOB NOT NULL, sender TEXT, control_id TEXT, message_type TEXT, profile TEXT,
+    status TEXT NOT NULL DEFAULT 'received', ack_code TEXT, ack BLOB, error TEXT);
+CREATE TABLE items (item_key TEXT PRIMARY KEY, order_key TEXT NOT NULL, status TEXT NOT NULL,
+    visible INTEGER NOT NULL, dataset TEXT NOT NULL, patient_id TEXT NOT NULL DEFAULT '',
+    sps_start TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL, journal_id INTEGER);
+INSERT INTO journal (received_at, peer, raw, status) VALUES (1, 'p', x'00', 'failed');
+INSERT INTO items VALUES ('A|1|1', 'A', 'COMPLETED', 0, '{}', '', '', 1, NULL);
+INSERT INTO items VALUES ('B|1|1', 'B', 'CANCELED', 0, '{}', '', '', 1, NULL);
+INSERT INTO items VALUES ('C|1|1', 'C', 'DISCONTINUED', 0, '{}', '', '', 1, NULL);
+INSERT INTO items VALUES ('D|1|1', 'D', 'SCHEDULED', 1, '{}', '', '', 1, NULL);
+"""
+
+
+def test_a_store_from_before_final_statuses_and_mpps_opens_and_is_migrated(tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.close()
+    store = Store(path)
+    try:
+        final = {i.order_key: i.final for i in store.items()}
+        # COMPLETED and CANCELED were ends; DISCONTINUED may have been a hold: left open.
+        assert final == {"A": True, "B": True, "C": False, "D": False}
+        [entry] = store.journal_entries()
+        assert (entry.status, entry.replay_count, entry.replayed_at) == ("failed", 0, None)
+        assert store.mpps("1.2.3") is None
+    finally:
+        store.close()
+    Store(path).close()  # a second start finds nothing to migrate

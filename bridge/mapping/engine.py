@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bridge import keys
+from bridge.keys import order_identifiers
 from bridge.mapping.loader import Profile
 from bridge.mapping.rules import MappingFieldError, Scope, Trace, evaluate_rules
 from bridge.message import Message, Segment
@@ -26,6 +28,9 @@ class MappedOrder:
     # them: a cancel or a status change names its order by key and is applied without.
     error: MappingFieldError | None = None
     traces: list[Trace] = field(default_factory=list)  # one per item, when asked for
+    # Every identifier of the order the key rule reads, as (kind, key text), the key first:
+    # a cancel carrying only the filler number finds an order keyed by its placer number.
+    identifiers: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -89,6 +94,9 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
         group_scope = Scope([group, header, msg.segments], msg.seps, facts, profile.uid_root,
                             profile.backslash)
         key = profile.order_key.evaluate(group_scope, None)
+        identifiers = order_identifiers(profile.order_key, group_scope)
+        # Key text that no escaped separator can make ambiguous (keys.py).
+        key = identifiers[0][1] if identifiers else keys.escape(str(key))
         control = profile.order_control.evaluate(group_scope, None)
         status = profile.order_status.evaluate(group_scope, None)
         if profile.item_segment:
@@ -111,5 +119,6 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
                 traces.append(t)
         result.traces.extend(traces)
         result.orders.append(
-            MappedOrder(str(key), str(control), str(status), items, index, error, traces))
+            MappedOrder(key, str(control), str(status), items, index, error, traces,
+                        identifiers))
     return result

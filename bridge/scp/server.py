@@ -20,6 +20,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
@@ -34,12 +35,12 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from bridge.config import ScpConfig
-from bridge.lifecycle import Status
 from bridge.scp.charset import TEXT_VRS, UnknownCharset, codec_for, transliterate
 from bridge.scp.encoding import raw_dataset, supported
 from bridge.scp.index import WorklistIndex
 from bridge.scp.matching import NUMERIC_VRS, SINGLE_VALUED_TEXT, Answer, MatchOptions, answer
 from bridge.scp.query import InvalidKey, Query, parse, with_station_filter
+from bridge.store import MppsFinal, MppsUnknown
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,21 @@ NO_SUCH_INSTANCE = 0x0112
 DUPLICATE_INSTANCE = 0x0111
 INVALID_ATTRIBUTE_VALUE = 0x0106
 
-# Called from an association thread with item keys and their new status; returns when the
-# change is committed.
-StatusChange = Callable[[list[str], Status], None]
+PROCESSING_FAILURE = 0x0110
+
+
+class MppsRecords(Protocol):
+    """Where MPPS instances and their items live (the store, see service.py). Called from
+    association threads; each call returns once its change is committed."""
+
+    def create(self, uid: str, calling_ae: str, item_keys: list[str],
+               attributes: dict) -> bool:
+        """A new IN PROGRESS instance performing `item_keys`; False if it exists."""
+        ...
+
+    def update(self, uid: str, state: str, modifications: dict) -> None:
+        """An N-SET; raises MppsUnknown, or MppsFinal for a COMPLETED/DISCONTINUED one."""
+        ...
 
 
 def quiet_pynetdicom() -> None:
@@ -129,18 +142,15 @@ def failure(status: int, comment: str, offending: int | None = None) -> Dataset:
 
 class WorklistScp:
     def __init__(self, config: ScpConfig, index: WorklistIndex,
-                 on_status: StatusChange | None = None,
+                 mpps: MppsRecords | None = None,
                  observe: Callable[[float], None] | None = None, log_phi: bool = False):
         self.config = config
         self.index = index
-        self.on_status = on_status
+        self.mpps = mpps  # None: MPPS requests fail (no store to keep them in)
         self.observe = observe  # seconds per C-FIND, for the metrics histogram
         self.log_phi = log_phi  # query values in the log line, or only keys
         self._server: ThreadedAssociationServer | None = None
         self.peers = PeerLimit(config.max_associations_per_peer)
-        # MPPS instance UID -> the item keys it performs (N-SET names only the instance).
-        self._mpps: dict[str, list[str]] = {}
-        self._mpps_lock = threading.Lock()
 
     # --- C-FIND, independent of the network: what a query gets -----------------------------
 
@@ -223,41 +233,47 @@ class WorklistScp:
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
-    def _on_n_create(self, event: evt.Event) -> tuple[int, Dataset | None]:
+    def _on_n_create(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
         attrs = event.attribute_list
         uid = str(event.request.AffectedSOPInstanceUID or "")
+        calling = event.assoc.requestor.ae_title.strip()
         state = str(attrs.get("PerformedProcedureStepStatus", "")).strip().upper()
         if state and state != "IN PROGRESS":
             return INVALID_ATTRIBUTE_VALUE, None
+        if self.mpps is None:
+            return _failure("MPPS is not kept by this SCP"), None
         keys = self._scheduled_items(attrs)
-        with self._mpps_lock:
-            if uid in self._mpps:
-                return DUPLICATE_INSTANCE, None
-            self._mpps[uid] = keys
-        log.info("MPPS N-CREATE %s from %s: IN PROGRESS for %s", uid,
-                 event.assoc.requestor.ae_title, ", ".join(keys) or "no scheduled item")
-        if keys and self.on_status is not None:
-            self.on_status(keys, Status.STARTED)
+        try:
+            created = self.mpps.create(uid, calling, keys, _json(attrs))
+        except Exception as exc:  # the store could not commit: the modality retries
+            log.error("MPPS N-CREATE %s from %s: not stored: %s", uid, calling,
+                      type(exc).__name__)
+            return _failure("the instance could not be stored"), None
+        if not created:
+            return DUPLICATE_INSTANCE, None
+        log.info("MPPS N-CREATE %s from %s: IN PROGRESS for %s", uid, calling,
+                 ", ".join(keys) or "no scheduled item")
         return SUCCESS, attrs
 
-    def _on_n_set(self, event: evt.Event) -> tuple[int, Dataset | None]:
+    def _on_n_set(self, event: evt.Event) -> tuple[int | Dataset, Dataset | None]:
         mods = event.modification_list
         uid = str(event.request.RequestedSOPInstanceUID or "")
-        with self._mpps_lock:
-            keys = self._mpps.get(uid)
-        if keys is None:
+        state = str(mods.get("PerformedProcedureStepStatus", "")).strip().upper()
+        if self.mpps is None:
+            return _failure("MPPS is not kept by this SCP"), None
+        try:
+            self.mpps.update(uid, state, _json(mods))
+        except MppsUnknown:
             log.warning("MPPS N-SET for unknown instance %s", uid)
             return NO_SUCH_INSTANCE, None
-        state = str(mods.get("PerformedProcedureStepStatus", "")).strip().upper()
-        status = {"COMPLETED": Status.COMPLETED,
-                  "DISCONTINUED": Status.DISCONTINUED}.get(state)
-        log.info("MPPS N-SET %s: %s for %s", uid, state or "(no status change)",
-                 ", ".join(keys) or "no scheduled item")
-        if status is not None:
-            with self._mpps_lock:
-                self._mpps.pop(uid, None)  # final: no further N-SET is allowed
-            if keys and self.on_status is not None:
-                self.on_status(keys, status)
+        except MppsFinal:
+            # PS3.4 F.7.2.2: a COMPLETED or DISCONTINUED step may no longer be updated.
+            log.warning("MPPS N-SET %s: the instance is final, not updated", uid)
+            return _failure("Performed Procedure Step Object may no longer be updated"), None
+        except Exception as exc:
+            log.error("MPPS N-SET %s: not stored: %s", uid, type(exc).__name__)
+            return _failure("the change could not be stored"), None
+        log.info("MPPS N-SET %s: %s", uid, state or "(no status change)")
         return SUCCESS, mods
 
     def _scheduled_items(self, attrs: Dataset) -> list[str]:
@@ -310,6 +326,28 @@ class WorklistScp:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+
+def _failure(comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = PROCESSING_FAILURE
+    status.ErrorComment = comment[:64]
+    return status
+
+
+def _json(ds: Dataset) -> dict:
+    """An MPPS dataset as DICOM JSON for the store; what pydicom cannot encode is left out
+    (the status change does not depend on it)."""
+    try:
+        return ds.to_json_dict()
+    except Exception:
+        out = {}
+        for elem in ds:
+            try:
+                out.update(Dataset([elem]).to_json_dict())  # type: ignore[list-item]
+            except Exception:
+                log.warning("MPPS: attribute %s left out of the stored instance", elem.tag)
+        return out
 
 
 class PeerLimit:

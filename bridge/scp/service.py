@@ -1,8 +1,9 @@
 """The SCP inside the running bridge: its index fed from the store, MPPS changes committed.
 
 `ScpService` is what app.py wires: it loads the index at start-up (the Bridge also calls
-`index.apply` after every commit), runs the pynetdicom server, and turns an MPPS status
-change from an association thread into a store transaction on the bridge's event loop.
+`index.apply` after every commit), runs the pynetdicom server, and turns an MPPS N-CREATE or
+N-SET from an association thread into a store transaction on the bridge's event loop: the
+instances and their items live in the store and outlive a restart.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from bridge.config import ScpConfig
 from bridge.lifecycle import DEFAULT_VISIBLE, Status
@@ -25,7 +27,7 @@ class ScpService:
         self.store = store
         self.committed = committed
         self.index = WorklistIndex(all_visible_statuses(config))
-        self.scp = WorklistScp(config, self.index, self._status_change, observe, log_phi)
+        self.scp = WorklistScp(config, self.index, self, observe, log_phi)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> int:
@@ -46,15 +48,32 @@ class ScpService:
     def stop(self) -> None:
         self.scp.stop()
 
-    def _status_change(self, item_keys: list[str], status: Status) -> None:
-        """From an association thread: commit, then return (the MPPS response follows)."""
-        assert self._loop is not None
-        future = asyncio.run_coroutine_threadsafe(self._commit(item_keys, status), self._loop)
-        future.result(timeout=60)
+    # --- MPPS (server.MppsRecords): from an association thread, committed on the loop ----
 
-    async def _commit(self, item_keys: list[str], status: Status) -> None:
+    def create(self, uid: str, calling_ae: str, item_keys: list[str], attributes: dict) -> bool:
         # The sinks follow the lifecycle's visibility: STARTED, COMPLETED and DISCONTINUED
         # items leave the .wl folder as they leave the MWL.
-        writes = await self.store.run(self.store.store.set_status, item_keys, status.value,
-                                      status in DEFAULT_VISIBLE)
-        self.committed(writes)
+        writes = self._call(self.store.store.mpps_create, uid, calling_ae, item_keys,
+                            attributes, Status.STARTED.value, Status.STARTED in DEFAULT_VISIBLE)
+        return writes is not None
+
+    def update(self, uid: str, state: str, modifications: dict) -> None:
+        status = MPPS_STATUS.get(state)
+        change = None if status is None else (status.value, status in DEFAULT_VISIBLE, True)
+        self._call(self.store.store.mpps_set, uid, state, modifications, change)
+
+    def _call(self, fn: Callable, *args: object) -> Any:
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(self._commit(fn, args), self._loop)
+        return future.result(timeout=60)
+
+    async def _commit(self, fn: Callable, args: tuple) -> Any:
+        result = await self.store.run(fn, *args)
+        writes = result[1] if isinstance(result, tuple) else result
+        if writes:
+            self.committed(writes)
+        return result
+
+
+# MPPS states that end the step, and the status they give its items (final: they stick).
+MPPS_STATUS = {"COMPLETED": Status.COMPLETED, "DISCONTINUED": Status.DISCONTINUED}

@@ -103,3 +103,52 @@ def test_orders_mpps_and_restart(tmp_path: Path) -> None:
     with run_bridge(workdir, overrides):
         answers = findscu_worklist(port, "BRIDGE_MWL", WORKLIST_RETURN_KEYS, tmp_path / "a3")
         assert sorted(str(ds.AccessionNumber) for ds in answers) == ["", "MOF5000"]
+
+
+def test_mpps_in_progress_survives_a_bridge_restart(tmp_path: Path) -> None:
+    """N-CREATE (IN PROGRESS), the bridge restarted, then N-SET (COMPLETED): the instance is
+    in the store, so the N-SET is accepted and the item COMPLETED. Before, the restarted
+    bridge answered 0x0112 (no such instance) and the item stayed STARTED for ever."""
+    port = free_port()
+    overrides = {"BRIDGE_SCP__ENABLED": "true", "BRIDGE_SCP__PORT": port,
+                 "BRIDGE_SINKS__FOLDER__PATH": tmp_path / "worklists"}
+    workdir = tmp_path / "bridge"
+    uid = "1.2.826.0.1.3680043.10.1445.77.2"
+    with run_bridge(workdir, overrides) as bridge:
+        name = "dcm4che__ORM_O01_v231_2019.hl7"
+        assert bridge.send(FIXTURES / name).returncode == 0
+        _, study, sps = ORDERS[name]
+        assoc = _mpps_ae().associate("127.0.0.1", port, ae_title="BRIDGE_MWL")
+        status, _ = assoc.send_n_create(_in_progress(study, sps),
+                                        ModalityPerformedProcedureStep, uid)
+        assert status.Status == 0x0000
+        assoc.release()
+        assert _status_in_store(workdir, "MOF5026") == "STARTED"
+
+    with run_bridge(workdir, overrides) as bridge:
+        assoc = _mpps_ae().associate("127.0.0.1", port, ae_title="BRIDGE_MWL")
+        done = Dataset()
+        done.PerformedProcedureStepStatus = "COMPLETED"
+        status, _ = assoc.send_n_set(done, ModalityPerformedProcedureStep, uid)
+        assert status.Status == 0x0000
+        # Completed is final: a further N-SET is refused (0110), not taken as unknown.
+        assert assoc.send_n_set(done, ModalityPerformedProcedureStep, uid)[0].Status == 0x0110
+        assoc.release()
+        assert _status_in_store(workdir, "MOF5026") == "COMPLETED"
+        # The RIS then sends an XO for the order (new MSH-10, new time): COMPLETED is final,
+        # the item stays done and off the worklist; the journal says why.
+        raw = (FIXTURES / name).read_bytes()
+        xo = tmp_path / "xo.hl7"
+        xo.write_bytes(raw.replace(b"|103106|", b"|103106XO|").replace(b"ORC|NW|", b"ORC|XO|")
+                       .replace(b"200007010900", b"200007021000"))
+        assert bridge.send(xo).returncode == 0
+        assert _status_in_store(workdir, "MOF5026") == "COMPLETED"
+        answers = findscu_worklist(port, "BRIDGE_MWL", WORKLIST_RETURN_KEYS, tmp_path / "a")
+        assert "MOF5026" not in [str(ds.AccessionNumber) for ds in answers]
+        db = sqlite3.connect(workdir / "data" / "bridge.sqlite")
+        try:
+            [note] = db.execute("SELECT error FROM journal WHERE control_id = '103106XO'"
+                                ).fetchone()
+        finally:
+            db.close()
+        assert "is COMPLETED; XO not applied" in note
