@@ -21,7 +21,7 @@ from bridge.scp.service import ScpService
 from bridge.sinks import Sink
 from bridge.sinks.folder import FolderSink
 from bridge.sinks.orthanc import OrthancSink
-from bridge.store import AsyncStore, ItemWrite, StorageFull, Store
+from bridge.store import AsyncStore, ItemWrite, StorageFull, open_store, store_url
 from bridge.tls import server_context
 from bridge.validate import warm_up
 
@@ -53,7 +53,7 @@ class Bridge:
         check_paths(config)  # a data folder that is a file: one line naming the key
         self.profiles = load_profiles(config.mappings.dir)  # MappingError stops start-up
         # The store first: the Orthanc sink keeps what it delivered in it.
-        self.store = AsyncStore(Store(config.store_path))
+        self.store = AsyncStore(open_store(store_url(config)))
         self.sinks = build_sinks(config, self.store)
         self.store.store.sinks = [s.name for s in self.sinks]
         self.workers = [OutboxWorker(s, self.store, **outbox_options(config, s))

@@ -263,7 +263,7 @@ def _resync(args: argparse.Namespace) -> int:
 def _import_wl(args: argparse.Namespace) -> int:
     from bridge.operations import sink_names
     from bridge.scp.importing import read_folder
-    from bridge.store import Store
+    from bridge.store import open_store, store_url
 
     if not args.folder.is_dir():
         print(f"import-wl: {args.folder} is not a folder", file=sys.stderr)
@@ -273,7 +273,7 @@ def _import_wl(args: argparse.Namespace) -> int:
     result = read_folder(args.folder)
     for path, reason in result.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    store = Store(config.store_path, sink_names(config))
+    store = open_store(store_url(config), sink_names(config))
     try:
         store.write_items(result.writes)
     finally:

@@ -111,6 +111,11 @@ class MetricsConfig(_Section):
 
 class StoreConfig(_Section):
     path: Path | None = None  # default: <data_dir>/bridge.sqlite
+    # sqlite:///path (the default, from `path`) or postgresql://user:password@host:5432/db
+    # to share one database between several active instances (README: High availability).
+    url: str | None = Field(None, pattern=r"^(sqlite:///|postgres(ql)?://)")
+    # This instance's name in /healthz and the journal (default: the host name).
+    instance: str | None = None
 
 
 class MappingsConfig(_Section):

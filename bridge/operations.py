@@ -17,14 +17,15 @@ from bridge.config import Config
 from bridge.lifecycle import Status
 from bridge.mapping.loader import load_profiles
 from bridge.processor import Processor
-from bridge.store import AsyncStore, ItemWrite, JournalEntry, Store
+from bridge.store import AsyncStore, ItemWrite, JournalEntry, Store, store_url
+from bridge.store import open_store as open_url
 
 
 @contextmanager
 def open_store(config: Config) -> Iterator[Store]:
-    if not config.store_path.exists():
+    if config.store.url is None and not config.store_path.exists():
         raise FileNotFoundError(f"no store at {config.store_path} (has the bridge run yet?)")
-    store = Store(config.store_path, sink_names(config))
+    store = open_url(store_url(config), sink_names(config))
     try:
         yield store
     finally:
@@ -95,7 +96,7 @@ async def replay(config: Config, ids: list[int]) -> list[tuple[int, str, str | N
     new ACK and error, a replay count and time, and becomes `replayed` once accepted, so
     the failed list only shrinks. Any other entry is processed as a new message.
     """
-    store = AsyncStore(Store(config.store_path, sink_names(config)))
+    store = AsyncStore(open_url(store_url(config), sink_names(config)))
     try:
         processor = Processor(config, load_profiles(config.mappings.dir), store)
         results = []

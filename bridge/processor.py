@@ -42,7 +42,15 @@ from bridge.mapping.patient import PatientProfile, apply_patient_profile
 from bridge.mapping.recurring import WarningTally
 from bridge.mapping.rules import MappingFieldError
 from bridge.message import Message
-from bridge.store import AsyncStore, ItemWrite, OrderLookup, StorageFull, StoredItem
+from bridge.store import (
+    AsyncStore,
+    Duplicate,
+    ItemWrite,
+    OrderLookup,
+    Stale,
+    StorageFull,
+    StoredItem,
+)
 from bridge.validate import strict_for, structure_error
 
 log = logging.getLogger(__name__)
@@ -111,24 +119,39 @@ class Processor:
             profile = self._select(msg, header)
             if profile.charset:
                 msg = Message(decode(raw, override=profile.charset, detect_utf8=False))
+            ack = self._encode(acks.build_ack("AA", f"A{journal_id}", msg), msg)
+            lookups: list[OrderLookup] = []
+            existing: dict[str, list[StoredItem]] | None = None
             if isinstance(profile, PatientProfile):
                 previous = await self._previous(header)
                 if previous is not None:
                     return await self._duplicate(journal_id, header, previous)
                 writes, warnings, identifiers = await self._patient_writes(msg, profile), [], []
             else:
-                # Map first (CPU only), then one trip to the store for both the duplicate
-                # check and the orders' items: fewer hand-offs to the store's thread.
                 mapped = self._map(msg, profile)
-                previous, existing = await self.store.run(
-                    self.store.store.prior_state, header["sender"], header["control_id"],
-                    [_lookup(o) for o in mapped.orders])
-                if previous is not None:
-                    return await self._duplicate(journal_id, header, previous)
-                writes, warnings, identifiers = self._plan(msg, mapped, existing)
-            ack = self._encode(acks.build_ack("AA", f"A{journal_id}", msg), msg)
-            await self.store.run(self.store.store.commit_message, journal_id, header, writes,
-                                 "AA", ack, "; ".join(warnings) or None, identifiers)
+                lookups = [_lookup(o) for o in mapped.orders]
+            # The store refuses a plan made on items another connection or instance changed
+            # meanwhile (Stale): plan again from what is stored now.
+            for attempt in range(1, 11):
+                if lookups:
+                    # Map first (CPU only), then one trip to the store for both the duplicate
+                    # check and the orders' items: fewer hand-offs to the store's thread.
+                    previous, existing = await self.store.run(
+                        self.store.store.prior_state, header["sender"], header["control_id"],
+                        lookups)
+                    if previous is not None:
+                        return await self._duplicate(journal_id, header, previous)
+                    writes, warnings, identifiers = self._plan(msg, mapped, existing)
+                try:
+                    await self.store.run(self.store.store.commit_message, journal_id, header,
+                                         writes, "AA", ack, "; ".join(warnings) or None,
+                                         identifiers, lookups, existing)
+                    break
+                except Duplicate as dup:  # the same message committed at the same moment
+                    return await self._duplicate(journal_id, header, dup.previous)
+                except Stale:
+                    if attempt == 10:
+                        raise
             self.on_commit(writes)
             return Outcome(ack, "AA", journal_id, writes=writes)
         except Rejection as rej:

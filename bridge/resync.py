@@ -27,7 +27,7 @@ from bridge.outbox import OutboxWorker
 from bridge.sinks import Sink, SinkUnavailable
 from bridge.sinks.folder import FolderSink
 from bridge.sinks.orthanc import OrthancSink
-from bridge.store import AsyncStore, Store
+from bridge.store import AsyncStore, open_store, store_url
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class ResyncResult:
 
 async def resync(config: Config, names: list[str] | None = None,
                  deliver: bool = True) -> list[ResyncResult]:
-    store = AsyncStore(Store(config.store_path))
+    store = AsyncStore(open_store(store_url(config)))
     try:
         sinks = build_sinks(config, store)
         enabled = {s.name for s in sinks}

@@ -9,6 +9,9 @@ from bridge.lifecycle import Effect, OrderControl, Status, UnknownOrderControl
 
 from orders import orm
 
+# Every test here that takes `config` runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.backends
+
 
 def test_default_table_follows_reference_section_2() -> None:
     oc = OrderControl()

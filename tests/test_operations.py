@@ -9,21 +9,40 @@ import time
 import tomllib
 from pathlib import Path
 
+import pytest
+
 import bridge
 from bridge.config import load_config
 from bridge.housekeeping import Housekeeper
 from bridge.mapping.loader import load_profiles
 from bridge.processor import Processor
-from bridge.store import AsyncStore, Store
+from bridge.store import AsyncStore, open_store, store_url
 
 from orders import orm
 from peers import ROOT, bridge_env
 
+# Every test here that takes `config` runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.backends
+
+
+# The store URL of the running test's config (its PostgreSQL schema), for the CLI.
+CLI_STORE: dict[str, str | None] = {}
+
+
+@pytest.fixture(autouse=True)
+def cli_store(request) -> None:
+    config = request.getfixturevalue("config") if "config" in request.fixturenames else None
+    CLI_STORE["url"] = config.store.url if config is not None else None
+
 
 def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """The CLI on the test's store: its folder, or its PostgreSQL schema."""
+    env = {"BRIDGE_DATA_DIR": str(tmp_path / "data")}
+    if CLI_STORE.get("url"):
+        env["BRIDGE_STORE__URL"] = CLI_STORE["url"]
     return subprocess.run([sys.executable, "-m", "bridge", *args, "--config",
                            str(ROOT / "config.yaml")], capture_output=True, text=True,
-                          timeout=60, env=bridge_env(BRIDGE_DATA_DIR=str(tmp_path / "data")))
+                          timeout=60, env=bridge_env(**env))
 
 
 async def test_journal_list_show_and_replay_after_a_mapping_fix(processor, tmp_path) -> None:
@@ -53,10 +72,10 @@ async def test_journal_list_show_and_replay_after_a_mapping_fix(processor, tmp_p
     fixed = subprocess.run(
         [sys.executable, "-m", "bridge", "journal", "replay", "--failed", "--config",
          str(ROOT / "config.yaml")], capture_output=True, text=True, timeout=60,
-        env=bridge_env(BRIDGE_DATA_DIR=str(tmp_path / "data"),
-                       BRIDGE_MAPPINGS__DIR=str(mappings)))
+        env=bridge_env(BRIDGE_DATA_DIR=str(tmp_path / "data"), BRIDGE_MAPPINGS__DIR=str(mappings),
+                       **({"BRIDGE_STORE__URL": CLI_STORE["url"]} if CLI_STORE["url"] else {})))
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-    db = Store(tmp_path / "data" / "bridge.sqlite")
+    db = open_store(store_url(processor.config))
     try:
         assert db.journal_entry(bad.journal_id).status == "replayed"
         assert {i.order_key for i in db.items()} == {"J1^RIS", "J2^RIS"}
@@ -88,7 +107,7 @@ async def test_housekeeping_expires_old_items_and_purges_the_journal(tmp_path) -
                          environ={"BRIDGE_DATA_DIR": str(tmp_path / "data"),
                                   "BRIDGE_LIFECYCLE__EXPIRE_AFTER_HOURS": "24",
                                   "BRIDGE_JOURNAL__RETENTION_DAYS": "1"})
-    store = AsyncStore(Store(config.store_path, ["folder"]))
+    store = AsyncStore(open_store(store_url(config), ["folder"]))
     try:
         processor = Processor(config, load_profiles(config.mappings.dir), store)
         today = time.strftime("%Y%m%d")
@@ -113,7 +132,7 @@ async def test_changes_by_another_process_reach_the_running_views(tmp_path) -> N
     """`worklist delete` run by an operator while the bridge runs: the housekeeper sees the
     other connection's commit and hands the change to the listeners (the SCP's index)."""
     config = load_config(ROOT / "config.yaml", environ={"BRIDGE_DATA_DIR": str(tmp_path / "data")})
-    store = AsyncStore(Store(config.store_path, ["folder"]))
+    store = AsyncStore(open_store(store_url(config), ["folder"]))
     try:
         processor = Processor(config, load_profiles(config.mappings.dir), store)
         await processor.handle(orm("O1", order="OUT").encode(), "t")
@@ -123,7 +142,7 @@ async def test_changes_by_another_process_reach_the_running_views(tmp_path) -> N
         seen.clear()
         await keeper.pick_up_changes()
         assert seen == []  # nothing from outside
-        other = Store(config.store_path, ["folder"])
+        other = open_store(store_url(config), ["folder"])
         try:
             from bridge.operations import worklist_delete
             assert worklist_delete(other, "OUT^RIS|RP1|SPS1")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hl7
+import pytest
 
 from orders import orm
+
+# Every test here that takes `config` runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.backends
 
 PEER = "test:1"
 

@@ -11,7 +11,7 @@ from bridge.cli import main
 from bridge.config import Config, load_config
 from bridge.dicomfile import file_name
 from bridge.resync import ResyncError, resync
-from bridge.store import ItemWrite, Store
+from bridge.store import ItemWrite, open_store, store_url
 
 from orthanc_double import OrthancDouble
 
@@ -27,7 +27,7 @@ def config_for(tmp_path: Path, **env: str) -> Config:
 
 
 def commit(config: Config, key: str, visible: bool) -> None:
-    store = Store(config.store_path, [])
+    store = open_store(store_url(config), [])
     journal_id = store.journal_received(b"MSH|test", "test")
     store.commit_message(journal_id, {}, [ItemWrite(key, key, "SCHEDULED", visible,
                                                     {**DATASET, "AccessionNumber": key})],
@@ -83,7 +83,7 @@ def test_resync_command_no_deliver_only_queues(tmp_path: Path, capsys,
     assert main(["resync", "--config", str(tmp_path / "config.yaml"), "--no-deliver"]) == 0
     assert capsys.readouterr().out.strip() == \
         "folder: 0 extra item(s) deleted, 1 queued for the running bridge to deliver"
-    store = Store(config.store_path)
+    store = open_store(store_url(config))
     assert store.outbox_depth("folder") == 1
     store.close()
     assert not list(config.folder_path.glob("*.wl"))

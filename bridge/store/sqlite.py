@@ -1,8 +1,10 @@
-"""The system of record: message journal, worklist items and the sinks' outbox, in SQLite.
+"""The system of record in SQLite: message journal, worklist items, the sinks' outbox, MPPS.
 
-All SQL lives in this module so that another backend (PostgreSQL, for several instances)
-can replace it. `Store` is synchronous and owned by one thread; `AsyncStore` runs its calls
-on that thread so the event loop never waits on a disk flush.
+`Store` holds the SQL, written so that it runs unchanged on PostgreSQL (`?` parameters,
+`ON CONFLICT`, `RETURNING`): postgres.py gives it a psycopg connection that speaks like
+sqlite3's and overrides only what truly differs (change notifications, locks, leases).
+`Store` is synchronous and owned by one thread; `AsyncStore` runs its calls on that thread
+so the event loop never waits on a disk flush.
 """
 
 from __future__ import annotations
@@ -23,89 +25,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS journal (
-    id           INTEGER PRIMARY KEY,
-    received_at  REAL NOT NULL,
-    peer         TEXT NOT NULL,
-    raw          BLOB NOT NULL,
-    sender       TEXT,
-    control_id   TEXT,
-    message_type TEXT,
-    profile      TEXT,
-    -- received | processed | failed | duplicate | replayed (failed, then replayed with
-    -- success) | interrupted (the bridge stopped before answering it)
-    status       TEXT NOT NULL DEFAULT 'received',
-    ack_code     TEXT,
-    ack          BLOB,
-    error        TEXT
-);
-CREATE INDEX IF NOT EXISTS journal_control ON journal (sender, control_id);
-CREATE INDEX IF NOT EXISTS journal_status ON journal (status);
-
-CREATE TABLE IF NOT EXISTS items (
-    item_key    TEXT PRIMARY KEY,
-    order_key   TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    visible     INTEGER NOT NULL,
-    dataset     TEXT NOT NULL,       -- JSON: DICOM keyword -> value, sequences as lists
-    patient_id  TEXT NOT NULL DEFAULT '',
-    sps_start   TEXT NOT NULL DEFAULT '',  -- YYYYMMDDHHMMSS of the first step, for expiry
-    updated_at  REAL NOT NULL,
-    journal_id  INTEGER
-);
-CREATE INDEX IF NOT EXISTS items_order ON items (order_key);
-CREATE INDEX IF NOT EXISTS items_patient ON items (patient_id);
-CREATE INDEX IF NOT EXISTS items_updated ON items (updated_at);
-CREATE INDEX IF NOT EXISTS items_start ON items (visible, sps_start);
-
-CREATE TABLE IF NOT EXISTS outbox (
-    id          INTEGER PRIMARY KEY,
-    sink        TEXT NOT NULL,
-    item_key    TEXT NOT NULL,
-    created_at  REAL NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    next_at     REAL NOT NULL DEFAULT 0,
-    state       TEXT NOT NULL DEFAULT 'pending',  -- pending | done | dead
-    last_error  TEXT
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sink, state, id);
-"""
-
-# Every identifier an order was seen with (placer and filler numbers with their
-# namespaces, accession numbers), so that a message naming it by any of them finds it. A
-# placer or filler number belongs to the first order that had it; an accession number may
-# cover several orders (and then finds none).
-ORDER_IDS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS order_ids (
-    kind        TEXT NOT NULL,   -- the key rule's field (ORC-2, ORC-3...) or 'accession'
-    value       TEXT NOT NULL,   -- key text (keys.py)
-    order_key   TEXT NOT NULL,
-    PRIMARY KEY (kind, value, order_key)
-);
-CREATE INDEX IF NOT EXISTS order_ids_order ON order_ids (order_key);
-"""
-
-# MPPS instances (N-CREATE, N-SET) and the items each one performs: they outlive a restart.
-MPPS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS mpps (
-    uid         TEXT PRIMARY KEY,  -- SOP Instance UID
-    state       TEXT NOT NULL,     -- IN PROGRESS | COMPLETED | DISCONTINUED
-    calling_ae  TEXT NOT NULL,
-    attributes  TEXT NOT NULL,     -- DICOM JSON: N-CREATE's attributes, N-SETs applied
-    created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS mpps_items (
-    uid         TEXT NOT NULL,
-    item_key    TEXT NOT NULL,
-    PRIMARY KEY (uid, item_key)
-);
-CREATE INDEX IF NOT EXISTS mpps_items_item ON mpps_items (item_key);
-"""
-
-# Columns added after the first release: (table, column, definition, what existing rows get).
-# The start-up adds the ones a store lacks; existing files keep opening.
+# Columns added after the first release but before migrations had numbers: (table, column,
+# definition, what existing rows get). A store file from then lacks them; the start-up adds
+# them after migration 0001 (whose CREATE TABLE IF NOT EXISTS leaves old tables alone).
 COLUMNS = [
     ("items", "final", "INTEGER NOT NULL DEFAULT 0",
      # Before, COMPLETED and CANCELED could only come from an end; DISCONTINUED also came
@@ -117,19 +39,32 @@ COLUMNS = [
 
 MPPS_FINAL = frozenset({"COMPLETED", "DISCONTINUED"})
 
-# What a remote sink (Orthanc) is known to hold, per item: whether the bridge has delivered
-# the item there, and whether the sink removed it by itself (Orthanc's
-# DeleteWorklistsOnStableStudy), in which case the bridge must never recreate it.
-SINK_STATE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sink_state (
-    sink        TEXT NOT NULL,
-    item_key    TEXT NOT NULL,
-    remote_id   TEXT NOT NULL,
-    delivered   INTEGER NOT NULL DEFAULT 0,  -- the sink holds our last put (1) or nothing (0)
-    removed_at  REAL,                        -- the sink removed the item by itself, then
-    PRIMARY KEY (sink, item_key)
-);
-"""
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer bridge: this one does not know its schema."""
+
+
+class Duplicate(Exception):
+    """`commit_message` found this sender's control ID accepted already (by this or another
+    instance, perhaps at the same moment): nothing was written; `previous` is that ACK."""
+
+    def __init__(self, previous: tuple[str, bytes]):
+        super().__init__("duplicate")
+        self.previous = previous
+
+
+class Stale(Exception):
+    """`commit_message` found an order's items changed since `prior_state` read them
+    (another connection or instance committed a message for the same order meanwhile):
+    nothing was written; the caller plans again from the current state."""
+
+
+def migrations(backend: str) -> list[tuple[int, Path]]:
+    """The numbered migration files of a backend, in order: (number, file)."""
+    files = sorted((MIGRATIONS / backend).glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    return [(int(f.name[:4]), f) for f in files]
 
 
 class StorageFull(Exception):
@@ -143,6 +78,8 @@ def is_storage_full(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.Error):
         return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or \
             "disk is full" in str(exc)
+    if getattr(exc, "sqlstate", None) == "53100":  # PostgreSQL: disk_full
+        return True
     return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
@@ -261,9 +198,15 @@ def _item(row: sqlite3.Row) -> StoredItem:
 
 
 class Store:
+    backend = "sqlite"
+    # Calls grouped into one transaction by AsyncStore (one fsync for several messages).
+    max_group = 64
+    _mpps_order = "rowid"  # the order in which an MPPS instance listed its items
+
     def __init__(self, path: Path, sinks: Iterable[str] = ()):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.url = f"sqlite:///{path}"
         self.sinks = list(sinks)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
@@ -275,11 +218,7 @@ class Store:
             # commits on power loss in WAL mode.
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA busy_timeout=5000")
-            self.db.executescript(SCHEMA)
-            self.db.executescript(SINK_STATE_SCHEMA)
-            self.db.executescript(ORDER_IDS_SCHEMA)
-            self.db.executescript(MPPS_SCHEMA)
-            self._migrate()
+            self.migrate()
         except sqlite3.Error as exc:
             # A new store (or a migration) on a full disk: a clear error, not a traceback.
             self.db.close()
@@ -288,7 +227,43 @@ class Store:
                                   "upgraded") from exc
             raise
 
-    def _migrate(self) -> None:
+    def schema_version(self) -> int:
+        self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY "
+                        "KEY, applied_at REAL NOT NULL)")
+        row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def migrate(self) -> None:
+        """Apply the numbered migrations this database lacks, each with its version row in
+        one transaction; refuse a database migrated by a newer bridge."""
+        known = migrations(self.backend)
+        current = self.schema_version()
+        newest = known[-1][0] if known else 0
+        if current > newest:
+            raise SchemaTooNew(f"{self.url_for_log()}: the database has schema version "
+                               f"{current}, this bridge knows up to {newest}: upgrade the "
+                               "bridge (or point it at another database)")
+        for number, file in known:
+            if number > current:
+                self._apply(number, file.read_text())
+        self._legacy_columns()
+
+    def _apply(self, number: int, script: str) -> None:
+        # executescript commits what is open first; BEGIN IMMEDIATE in the script makes the
+        # migration and its version row one transaction, and a second process waits.
+        try:
+            self.db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nINSERT INTO schema_version (version, applied_at) "
+                f"VALUES ({number}, {time.time()}) ON CONFLICT DO NOTHING;\nCOMMIT;")
+        except sqlite3.Error:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
+    def url_for_log(self) -> str:
+        return self.url
+
+    def _legacy_columns(self) -> None:
         missing = [c for c in COLUMNS if c[1] not in self._columns(c[0])]
         if not missing:
             return  # the usual start: nothing to write
@@ -334,8 +309,8 @@ class Store:
         """
         with self._relaxed():
             cur = self.db.execute("INSERT INTO journal (received_at, peer, raw) "
-                                  "VALUES (?, ?, ?)", (time.time(), peer, raw))
-        return int(cur.lastrowid)
+                                  "VALUES (?, ?, ?) RETURNING id", (time.time(), peer, raw))
+        return int(cur.fetchone()[0])
 
     @contextlib.contextmanager
     def _relaxed(self) -> Iterator[None]:
@@ -449,19 +424,51 @@ class Store:
     def commit_message(self, journal_id: int, header: dict[str, str | None],
                        writes: list[ItemWrite], ack_code: str, ack: bytes,
                        warnings: str | None = None,
-                       identifiers: Iterable[tuple[str, str, str]] = ()) -> None:
+                       identifiers: Iterable[tuple[str, str, str]] = (),
+                       orders: list[OrderLookup] | None = None,
+                       seen: dict[str, list[StoredItem]] | None = None) -> None:
         """One transaction: the items, their outbox rows, the orders' identifiers
         (order key, kind, value) and the journal's ACK.
 
-        When this returns, the order is durable and the ACK may go out.
+        Raises Duplicate when the sender's control ID was accepted already (an AA), and
+        Stale when `orders` no longer hold the items `seen` (what prior_state returned):
+        then nothing is written. When this returns, the order is durable and the ACK may
+        go out.
         """
         with self._transaction():
+            control_id = header.get("control_id")
+            if control_id and ack_code == "AA":
+                # The unique key decides between two instances committing the same message
+                # at once: the second waits for the first's commit, then finds its row.
+                sender = header.get("sender") or ""
+                cur = self.db.execute(
+                    "INSERT INTO accepted (sender, control_id, journal_id) VALUES (?, ?, ?) "
+                    "ON CONFLICT DO NOTHING", (sender, control_id, journal_id))
+                if cur.rowcount == 0:
+                    previous = self.previous_ack(sender, control_id)
+                    raise Duplicate(previous or ("AA", b""))
+            if orders:
+                self.lock_orders(orders)
+                if seen is not None and self._changed(orders, seen):
+                    raise Stale()
             self._write_items(writes, journal_id)
             self.db.executemany(
-                "INSERT OR IGNORE INTO order_ids (order_key, kind, value) SELECT ?1, ?2, ?3 "
-                "WHERE ?2 = 'accession' OR NOT EXISTS (SELECT 1 FROM order_ids WHERE "
-                "kind = ?2 AND value = ?3)", list(identifiers))
+                "INSERT INTO order_ids (order_key, kind, value) SELECT ?, ?, ? "
+                "WHERE ? = 'accession' OR NOT EXISTS (SELECT 1 FROM order_ids WHERE "
+                "kind = ? AND value = ?) ON CONFLICT DO NOTHING",
+                [(key, kind, value, kind, kind, value) for key, kind, value in identifiers])
             self._finish(journal_id, "processed", header, ack_code, ack, warnings)
+
+    def lock_orders(self, orders: Iterable[OrderLookup]) -> None:
+        """Serialize messages for the same orders until the transaction ends. SQLite: the
+        write transaction (BEGIN IMMEDIATE) already admits one writer at a time."""
+
+    def _changed(self, orders: Iterable[OrderLookup], seen: dict[str, list[StoredItem]]
+                 ) -> bool:
+        def stamp(items: list[StoredItem]) -> list[tuple[str, float]]:
+            return [(i.item_key, i.updated_at) for i in items]
+
+        return any(stamp(self.find_order(o)) != stamp(seen.get(o.key, [])) for o in orders)
 
     def write_items(self, writes: list[ItemWrite]) -> None:
         """Item changes that come from no message (an operator, expiry, MPPS), with their
@@ -475,17 +482,17 @@ class Store:
             final = None if w.final is None else int(w.final)
             self.db.execute(
                 "INSERT INTO items (item_key, order_key, status, visible, dataset, patient_id, "
-                "sps_start, updated_at, journal_id, final) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
-                "?8, ?9, COALESCE(?10, 0)) "
+                "sps_start, updated_at, journal_id, final) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, COALESCE(?, 0)) "
                 "ON CONFLICT (item_key) DO UPDATE SET order_key = excluded.order_key, "
                 "status = excluded.status, visible = excluded.visible, "
                 "dataset = excluded.dataset, patient_id = excluded.patient_id, "
                 "sps_start = excluded.sps_start, updated_at = excluded.updated_at, "
                 "journal_id = COALESCE(excluded.journal_id, items.journal_id), "
-                "final = COALESCE(?10, items.final)",
+                "final = COALESCE(?, items.final)",
                 (w.item_key, w.order_key, w.status, int(w.visible),
                  json.dumps(w.dataset, ensure_ascii=False), str(w.dataset.get("PatientID", "")),
-                 _sps_start(w.dataset), now, journal_id, final))
+                 _sps_start(w.dataset), now, journal_id, final, final))
             for sink in self.sinks:
                 self.db.execute("INSERT INTO outbox (sink, item_key, created_at) VALUES (?, ?, ?)",
                                 (sink, w.item_key, now))
@@ -529,6 +536,8 @@ class Store:
     def purge_journal(self, before: float) -> int:
         """Delete processed, duplicate and replayed entries received before `before`.
         Failed entries stay: they are the ones an operator still has to look at."""
+        self.db.execute("DELETE FROM accepted WHERE journal_id IN (SELECT id FROM journal WHERE "
+                        "received_at < ? AND status IN ('processed', 'replayed'))", (before,))
         cur = self.db.execute("DELETE FROM journal WHERE received_at < ? AND status IN "
                               "('processed', 'duplicate', 'replayed')", (before,))
         self.db.execute("DELETE FROM outbox WHERE state = 'done' AND created_at < ?", (before,))
@@ -564,12 +573,13 @@ class Store:
         now = time.time()
         with self._transaction():
             cur = self.db.execute(
-                "INSERT OR IGNORE INTO mpps (uid, state, calling_ae, attributes, created_at, "
-                "updated_at) VALUES (?, 'IN PROGRESS', ?, ?, ?, ?)",
+                "INSERT INTO mpps (uid, state, calling_ae, attributes, created_at, "
+                "updated_at) VALUES (?, 'IN PROGRESS', ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (uid, calling_ae, json.dumps(attributes), now, now))
             if cur.rowcount == 0:
                 return None
-            self.db.executemany("INSERT OR IGNORE INTO mpps_items (uid, item_key) VALUES (?, ?)",
+            self.db.executemany("INSERT INTO mpps_items (uid, item_key) VALUES (?, ?) "
+                                "ON CONFLICT DO NOTHING",
                                 [(uid, key) for key in item_keys])
             writes = self._status_writes(item_keys, status, visible, None)
             self._write_items(writes, None)
@@ -603,16 +613,18 @@ class Store:
         if row is None:
             return None
         keys = [r["item_key"] for r in self.db.execute(
-            "SELECT item_key FROM mpps_items WHERE uid = ? ORDER BY rowid", (uid,))]
+            f"SELECT item_key FROM mpps_items WHERE uid = ? ORDER BY {self._mpps_order}",
+            (uid,))]
         return Mpps(row["uid"], row["state"], row["calling_ae"], json.loads(row["attributes"]),
                     keys, row["created_at"], row["updated_at"])
 
     def mpps_of_item(self, item_key: str) -> list[str]:
         return [r["uid"] for r in self.db.execute(
-            "SELECT uid FROM mpps_items WHERE item_key = ? ORDER BY rowid", (item_key,))]
+            f"SELECT uid FROM mpps_items WHERE item_key = ? ORDER BY {self._mpps_order}",
+            (item_key,))]
 
     def items_with_status(self, statuses: Iterable[str], after: str = "",
-                          limit: int = -1) -> list[StoredItem]:
+                          limit: int = 2**62) -> list[StoredItem]:
         """The items in any of `statuses`, in key order, from the key after `after` on, at
         most `limit` (the SCP's index loads them page by page at start-up)."""
         wanted = sorted(set(statuses))
@@ -787,10 +799,9 @@ class AsyncStore:
     messages; an AA still goes out only once its order is on disk.
     """
 
-    MAX_GROUP = 64
-
     def __init__(self, store: Store):
         self.store = store
+        self.MAX_GROUP = store.max_group
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="store", daemon=True)
         self._thread.start()

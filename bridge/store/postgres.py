@@ -1,0 +1,237 @@
+"""The store in PostgreSQL, shared by several active instances.
+
+The SQL is sqlite.py's: `_Connection` gives it a psycopg connection that speaks like
+sqlite3's (`?` parameters, rows by name or position, BEGIN/SAVEPOINT by hand). What truly
+differs is here: migrations under an advisory lock, per-order advisory locks, change
+notifications (LISTEN/NOTIFY) for the other instances' SCP indexes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors, pq
+
+from bridge.store.sqlite import ItemWrite, OrderLookup, StorageFull, Store
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "bridge_items"
+# pg_notify's payload must stay under 8000 bytes; a longer list of keys is sent as ''
+# ("read what changed lately") instead.
+MAX_PAYLOAD = 7000
+MIGRATION_LOCK = 0x6272_6964  # advisory lock key held while migrating ("brid")
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and /healthz."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _Row:
+    """A row readable by column name or position, like sqlite3.Row."""
+
+    __slots__ = ("index", "values")
+
+    def __init__(self, values: Sequence, index: dict[str, int]):
+        self.values, self.index = values, index
+
+    def __getitem__(self, key: str | int) -> object:
+        return self.values[self.index[key] if isinstance(key, str) else key]
+
+    def keys(self) -> list[str]:
+        return list(self.index)
+
+
+def _rows(cursor: psycopg.Cursor) -> Callable[[Sequence], _Row]:
+    index = {c.name: i for i, c in enumerate(cursor.description or ())}
+    return lambda values: _Row(values, index)
+
+
+_translated: dict[str, str] = {}
+
+
+def _sql(sql: str) -> str:
+    """sqlite3's `?` placeholders as psycopg's `%s` (a literal % doubled)."""
+    out = _translated.get(sql)
+    if out is None:
+        out = sql.replace("%", "%%").replace("?", "%s")
+        if out.startswith("BEGIN IMMEDIATE"):
+            out = "BEGIN"
+        _translated[sql] = out
+    return out
+
+
+class _Connection:
+    """The part of sqlite3.Connection the Store uses, on one psycopg connection in
+    autocommit mode (the Store opens its transactions itself). A connection lost with the
+    database is opened again on the next call outside a transaction."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.total_changes = 0
+        self.conn = self._connect()
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True, row_factory=_rows,
+                               connect_timeout=5)
+
+    def _usable(self) -> psycopg.Connection:
+        if self.conn.closed or self.conn.broken:
+            self.conn = self._connect()  # raises OperationalError while the database is away
+        return self.conn
+
+    @property
+    def in_transaction(self) -> bool:
+        if self.conn.closed or self.conn.broken:
+            return False
+        return self.conn.info.transaction_status in (pq.TransactionStatus.INTRANS,
+                                                     pq.TransactionStatus.INERROR)
+
+    @property
+    def pid(self) -> int:
+        return self._usable().info.backend_pid
+
+    def execute(self, sql: str, params: Sequence = ()) -> psycopg.Cursor:
+        cur = self._usable().execute(_sql(sql), params or None)
+        if cur.rowcount > 0 and cur.description is None:
+            self.total_changes += cur.rowcount
+        return cur
+
+    def executemany(self, sql: str, rows: Iterable[Sequence]) -> psycopg.Cursor:
+        cur = self._usable().cursor()
+        rows = list(rows)
+        if rows:
+            cur.executemany(_sql(sql), rows)
+            self.total_changes += max(cur.rowcount, 0)
+        return cur
+
+    def executescript(self, script: str) -> None:
+        self._usable().execute(script)  # no parameters: several statements in one call
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresStore(Store):
+    backend = "postgres"
+    # One transaction per call: a group's locks held together could deadlock two instances.
+    max_group = 1
+    _mpps_order = "id"
+
+    def __init__(self, url: str, sinks: Iterable[str] = ()):
+        self.url = url
+        self.path = redacted(url)  # what messages about the store name
+        self.sinks = list(sinks)
+        self.full_since: float | None = None
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+        try:
+            self.db = _Connection(url)
+        except psycopg.OperationalError as exc:
+            raise psycopg.OperationalError(f"{self.path}: {exc}".strip()) from None
+        try:
+            self.migrate()
+        except errors.DiskFull as exc:
+            self.db.close()
+            raise StorageFull(f"{self.path}: storage full, the schema cannot be created or "
+                              "upgraded") from exc
+        except BaseException:
+            self.db.close()
+            raise
+
+    def url_for_log(self) -> str:
+        return self.path
+
+    def schema_version(self) -> int:
+        self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY "
+                        "KEY, applied_at DOUBLE PRECISION NOT NULL)")
+        row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+
+    def migrate(self) -> None:
+        # Several instances may start at once: one migrates, the others wait, then find
+        # nothing left to do.
+        with self._transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            super().migrate()
+
+    def _apply(self, number: int, script: str) -> None:
+        self.db.executescript(script)
+        self.db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                        (number, time.time()))
+
+    def _legacy_columns(self) -> None:
+        pass  # PostgreSQL stores began with numbered migrations
+
+    @contextlib.contextmanager
+    def _relaxed(self) -> Iterator[None]:
+        yield  # every commit is durable (synchronous_commit as the server says)
+
+    def lock_orders(self, orders: Iterable[OrderLookup]) -> None:
+        """Transaction-scoped advisory locks on every name of these orders (key and
+        identifiers), in one sorted order so that two instances never deadlock: a second
+        message for the same order waits until the first one's commit."""
+        names = sorted({o.key for o in orders} |
+                       {f"{k}={v}" for o in orders for k, v in o.identifiers})
+        for name in names:
+            self.db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
+
+    def _write_items(self, writes: list[ItemWrite], journal_id: int | None) -> None:
+        super()._write_items(writes, journal_id)
+        if writes:
+            # Delivered at commit, to every instance listening (this one skips its own).
+            keys = "\n".join(w.item_key for w in writes)
+            self.db.execute("SELECT pg_notify(?, ?)",
+                            (CHANNEL, keys if len(keys.encode()) <= MAX_PAYLOAD else ""))
+
+    def outside_version(self) -> int:
+        return 0  # other instances' changes come by listen(), not by polling
+
+    def listen(self, changed: Callable[[list[str] | None], None]) -> None:
+        """Call `changed` (on a thread of its own) with the item keys another instance
+        committed, or None when the notifications may have missed some (the connection
+        was lost): the caller then reads what changed lately."""
+        own = self.db.pid
+        self._listener = threading.Thread(target=self._listen, args=(own, changed),
+                                          name="store-listen", daemon=True)
+        self._listener.start()
+
+    def _listen(self, own: int, changed: Callable[[list[str] | None], None]) -> None:
+        first = True
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    if not first:
+                        changed(None)  # catch up on what came while we were away
+                    first = False
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5, stop_after=None):
+                            if note.pid != own:
+                                changed(note.payload.split("\n") if note.payload else None)
+                            if self._stop.is_set():
+                                break
+            except psycopg.Error as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("store: change notifications lost (%s); reconnecting",
+                            type(exc).__name__)
+                first = False
+                self._stop.wait(1.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.join(timeout=3)
+        self.db.close()
