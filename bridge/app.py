@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 from bridge.config import Config, ConfigError, check_paths
@@ -21,11 +22,15 @@ from bridge.scp.service import ScpService
 from bridge.sinks import Sink
 from bridge.sinks.folder import FolderSink
 from bridge.sinks.orthanc import OrthancSink
-from bridge.store import AsyncStore, ItemWrite, StorageFull, open_store, store_url
+from bridge.store import AsyncStore, ItemWrite, StorageFull, Store, open_store, store_url
 from bridge.tls import server_context
 from bridge.validate import warm_up
 
 log = logging.getLogger(__name__)
+
+# Item times come from the clock of the instance that wrote them: a catch-up read goes back
+# this far to cover clocks that differ (keep the instances on NTP).
+CLOCK_MARGIN_S = 60.0
 
 
 def build_sinks(config: Config, store: AsyncStore) -> list[Sink]:
@@ -54,7 +59,16 @@ class Bridge:
         self.profiles = load_profiles(config.mappings.dir)  # MappingError stops start-up
         # The store first: the Orthanc sink keeps what it delivered in it.
         self.store = AsyncStore(open_store(store_url(config)))
+        self.instance = config.store.instance or socket.gethostname()
+        self.store.store.instance = self.instance
+        # Several instances on one database (it notifies of changes): a sink that is not
+        # shared (the .wl folder) gets an outbox of its own per instance.
+        self.shared_db = self.store.store.shared
         self.sinks = build_sinks(config, self.store)
+        if self.shared_db:
+            for sink in self.sinks:
+                if not getattr(sink, "shared", True):
+                    sink.name = f"{sink.name}@{self.instance}"
         self.store.store.sinks = [s.name for s in self.sinks]
         self.workers = [OutboxWorker(s, self.store, **outbox_options(config, s))
                         for s in self.sinks]
@@ -85,6 +99,9 @@ class Bridge:
         if self.scp is not None:
             self.change_listeners.append(self.scp.index.apply)
         self.scp_port: int | None = None
+        self._tasks: set[asyncio.Task] = set()  # change pick-ups under way
+        self._heard_at = time.time()  # the last change notification
+        self._pick_up_lock = asyncio.Lock()
 
     def reload_mappings(self) -> bool:
         """Load the mapping folder again and use it for the next message.
@@ -125,6 +142,8 @@ class Bridge:
             scp = self.config.scp
             with _listening("scp", scp.host, scp.port):
                 self.scp_port = await self.scp.start()
+        if self.shared_db:
+            await self._follow_other_instances()
         self.housekeeper.start()
         mllp = self.config.mllp
         with _listening("mllp", mllp.host, mllp.port):
@@ -148,13 +167,77 @@ class Bridge:
                 log.error("metrics endpoint not started on %s:%d: %s", metrics.host,
                           metrics.port, exc)
 
-    async def health(self) -> dict:
-        """What /healthz reports; raises when the store cannot be read."""
+    async def _follow_other_instances(self) -> None:
+        """Shared database: other instances' commits reach this one's SCP index and own
+        folder by LISTEN/NOTIFY. Started after the index loaded, then one catch-up read of
+        what changed during the load; this instance's folder is brought in step with the
+        store (it may have been down a while)."""
         db = self.store.store
-        depths = {s.name: await self.store.run(db.outbox_depth, s.name) for s in self.sinks}
+        loop = asyncio.get_running_loop()
+        started = time.time()
+
+        def spawn(keys: list[str] | None) -> None:
+            task = loop.create_task(self._pick_up(keys))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        def changed(keys: list[str] | None) -> None:  # on the store's listener thread
+            loop.call_soon_threadsafe(spawn, keys)
+
+        db.listen(changed)
+        await self._pick_up(None, since=started - CLOCK_MARGIN_S)
+        for sink in self.sinks:
+            if not getattr(sink, "shared", True):
+                queued = await self.store.run(db.enqueue_all, sink.name)
+                log.info("sink %s: %d items queued to bring it in step with the store",
+                         sink.name, queued)
+
+    async def _pick_up(self, keys: list[str] | None, since: float | None = None) -> None:
+        """Items another instance committed (by key), or, after lost notifications, those
+        changed lately, handed to this instance's views like its own commits."""
+        db = self.store.store
+        async with self._pick_up_lock:  # one at a time: views get changes in commit order
+            await self._pick_up_locked(db, keys, since)
+
+    async def _pick_up_locked(self, db: Store, keys: list[str] | None,
+                              since: float | None) -> None:
+        try:
+            if keys is None:
+                since = since if since is not None else self._heard_at - CLOCK_MARGIN_S
+                self._heard_at = time.time()
+                items = await self.store.run(db.items_changed_since, since)
+            else:
+                self._heard_at = time.time()
+                items = list((await self.store.run(db.items_by_keys, keys)).values())
+            own = [s.name for s in self.sinks if not getattr(s, "shared", True)]
+            for name in own:
+                await self.store.run(db.outbox_enqueue, name, [i.item_key for i in items])
+        except Exception:
+            log.exception("changes of other instances not picked up; the next catch-up will")
+            return
+        writes = [ItemWrite(i.item_key, i.order_key, i.status, i.visible, i.dataset)
+                  for i in items]
+        if writes:
+            self._committed(writes)
+
+    async def health(self) -> dict:
+        """What /healthz reports: which instance, which database, and whether this instance
+        is ready to take traffic (database reachable, SCP index loaded, MLLP listening)."""
+        db = self.store.store
+        try:
+            depths = {s.name: await self.store.run(db.outbox_depth, s.name)
+                      for s in self.sinks}
+            reachable = True
+        except Exception as exc:  # the database is away: not ready, say why
+            log.warning("healthz: store not readable: %s", type(exc).__name__)
+            depths, reachable = {}, False
         full = db.full_since is not None
         self.metrics.storage_full.set(1 if full else 0)
-        return {"mllp_port": self.mllp_port, "connections": len(self.mllp.connections),
+        ready = reachable and self.mllp_port is not None and \
+            (self.scp is None or self.scp_port is not None)
+        return {"instance": self.instance, "database": db.url_for_log(),
+                "database_reachable": reachable, "ready": ready,
+                "mllp_port": self.mllp_port, "connections": len(self.mllp.connections),
                 "outbox": depths, "storage": "full" if full else "ok"}
 
     async def stop(self) -> None:
@@ -163,6 +246,8 @@ class Bridge:
         await self.metrics_server.close()
         await self.mllp.close()
         await self.housekeeper.stop()
+        for task in list(self._tasks):
+            task.cancel()
         if self.scp is not None:
             await asyncio.to_thread(self.scp.stop)
         for w in self.workers:

@@ -74,6 +74,12 @@ class Housekeeper:
 
     async def tidy(self) -> None:
         lifecycle, journal = self.config.lifecycle, self.config.journal
+        # Once per cluster: on a shared database the instance holding the lease tidies,
+        # the others skip.
+        hold = lifecycle.housekeeping_interval_s * 2 + 60
+        if self.store.store.shared and not await self.store.run(
+                self.store.store.take_lease, "housekeeping", hold):
+            return
         if lifecycle.expire_after_hours:
             cutoff = (datetime.now() - timedelta(hours=lifecycle.expire_after_hours)
                       ).strftime("%Y%m%d%H%M%S")

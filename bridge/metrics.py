@@ -157,8 +157,10 @@ class MetricsServer:
     async def _healthz(self) -> tuple[str, str, bytes]:
         try:
             state = await asyncio.wait_for(self._refresh(), 10)
-            status = "200 OK"
-            state = {"status": "ok", **state}
+            # A load balancer's health check: 503 while this instance cannot take traffic.
+            ready = state.get("ready", True)
+            status = "200 OK" if ready else "503 Service Unavailable"
+            state = {"status": "ok" if ready else "not ready", **state}
         except Exception as exc:
             status = "503 Service Unavailable"
             state = {"status": "failing", "error": type(exc).__name__}

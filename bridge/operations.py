@@ -34,7 +34,9 @@ def open_store(config: Config) -> Iterator[Store]:
 
 def sink_names(config: Config) -> list[str]:
     names = []
-    if config.sinks.folder.enabled:
+    # On a shared database each instance's folder follows the store by the change
+    # notifications (README: High availability): a CLI write queues nothing for it.
+    if config.sinks.folder.enabled and not config.store.url:
         names.append("folder")
     if config.sinks.orthanc.enabled:
         names.append("orthanc")

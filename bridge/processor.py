@@ -50,6 +50,7 @@ from bridge.store import (
     Stale,
     StorageFull,
     StoredItem,
+    StoreUnavailable,
 )
 from bridge.validate import strict_for, structure_error
 
@@ -80,6 +81,11 @@ def _lookup(order: MappedOrder) -> OrderLookup:
 
 
 STORAGE_FULL = "storage full: the message was not stored, send it again later"
+UNAVAILABLE = "store unavailable: the message was not stored, send it again later"
+
+
+def _not_stored_text(exc: StorageFull) -> str:
+    return UNAVAILABLE if isinstance(exc, StoreUnavailable) else STORAGE_FULL
 
 
 class Rejection(Exception):
@@ -106,8 +112,8 @@ class Processor:
         if journal_id is None:
             try:
                 journal_id = await self.store.run(self.store.store.journal_received, raw, peer)
-            except StorageFull:
-                return self._not_stored(raw, peer)
+            except StorageFull as exc:
+                return self._not_stored(raw, peer, exc)
         header: dict[str, str | None] = {}
         msg: Message | None = None
         try:
@@ -161,9 +167,9 @@ class Processor:
             if previous is not None:
                 return await self._duplicate(journal_id, header, previous)
             return await self._fail(journal_id, header, msg, rej.code, rej.error)
-        except StorageFull:
+        except StorageFull as exc:
             return await self._fail(journal_id, header, msg, "AE", AckError(
-                acks.APPLICATION_INTERNAL_ERROR, STORAGE_FULL))
+                acks.APPLICATION_INTERNAL_ERROR, _not_stored_text(exc)))
         except Exception as exc:  # a bug must cost one AE, not the connection
             log.exception("journal %d: internal error", journal_id)
             err = AckError(acks.APPLICATION_INTERNAL_ERROR, f"internal error: {exc}")
@@ -348,13 +354,14 @@ class Processor:
             log.exception("journal %d: could not record the failure", journal_id)
         return Outcome(ack, code, journal_id, error=error.text)
 
-    def _not_stored(self, raw: bytes, peer: str) -> Outcome:
+    def _not_stored(self, raw: bytes, peer: str, exc: StorageFull) -> Outcome:
         """The store cannot even journal the message: AE, so the sender keeps it and
         sends it again; MSA-2 still echoes its MSH-10 when that can be read."""
         msg = None
         with contextlib.suppress(Exception):
             msg = self._decode(raw, {})
-        error = AckError(acks.APPLICATION_INTERNAL_ERROR, STORAGE_FULL)
+        error = AckError(acks.APPLICATION_INTERNAL_ERROR, _not_stored_text(exc))
         ack = self._encode(acks.build_ack("AE", "A0", msg, error), msg)
-        log.warning("storage full: a message from %s was not stored, AE sent", peer)
+        log.warning("%s: a message from %s was not stored, AE sent",
+                    error.text.split(":")[0], peer)
         return Outcome(ack, "AE", 0, error=error.text)

@@ -31,6 +31,9 @@ LOCKFILE = "lockfile"
 
 class FolderSink:
     name = "folder"
+    # Each instance keeps its own folder (for the wlmscpfs or Orthanc next to it): on a
+    # shared database its outbox is named folder@<instance>.
+    shared = False
 
     def __init__(self, root: Path, layout: str = "flat", lockfile: bool = True,
                  writer_process: bool = True, _clean: bool = True):

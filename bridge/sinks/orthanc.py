@@ -173,6 +173,8 @@ def _json(r: httpx.Response) -> dict:
 
 class OrthancSink:
     name = "orthanc"
+    # One Orthanc for the cluster: each change is delivered by one instance (outbox leases).
+    shared = True
 
     def __init__(self, cfg: OrthancSinkConfig, store: AsyncStore,
                  transport: httpx.AsyncBaseTransport | None = None):

@@ -28,13 +28,33 @@ from bridge.store.sqlite import (
     StorageFull,
     Store,
     StoredItem,
+    StoreUnavailable,
     is_storage_full,
 )
 
-__all__ = ["MPPS_FINAL", "AsyncStore", "Duplicate", "ItemWrite", "JournalEntry", "Mpps",
-           "MppsFinal", "MppsUnknown", "OrderLookup", "OutboxRow", "OutboxState",
-           "SchemaTooNew", "SinkState", "Stale", "StorageFull", "Store", "StoredItem",
-           "is_storage_full", "open_store", "store_url"]
+__all__ = [
+    "MPPS_FINAL",
+    "AsyncStore",
+    "Duplicate",
+    "ItemWrite",
+    "JournalEntry",
+    "Mpps",
+    "MppsFinal",
+    "MppsUnknown",
+    "OrderLookup",
+    "OutboxRow",
+    "OutboxState",
+    "SchemaTooNew",
+    "SinkState",
+    "Stale",
+    "StorageFull",
+    "Store",
+    "StoreUnavailable",
+    "StoredItem",
+    "is_storage_full",
+    "open_store",
+    "store_url",
+]
 
 
 def store_url(config) -> str:

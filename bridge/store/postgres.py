@@ -18,7 +18,14 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import errors, pq
 
-from bridge.store.sqlite import ItemWrite, OrderLookup, StorageFull, Store
+from bridge.store.sqlite import (
+    ItemWrite,
+    OrderLookup,
+    OutboxRow,
+    StorageFull,
+    Store,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,9 @@ CHANNEL = "bridge_items"
 # ("read what changed lately") instead.
 MAX_PAYLOAD = 7000
 MIGRATION_LOCK = 0x6272_6964  # advisory lock key held while migrating ("brid")
+# How long an instance holds the outbox rows it claimed: a holder that dies releases
+# them this long after its last claim.
+OUTBOX_LEASE_S = 60.0
 
 
 def redacted(url: str) -> str:
@@ -36,6 +46,10 @@ def redacted(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class _Row:
@@ -88,8 +102,20 @@ class _Connection:
 
     def _usable(self) -> psycopg.Connection:
         if self.conn.closed or self.conn.broken:
-            self.conn = self._connect()  # raises OperationalError while the database is away
+            try:
+                self.conn = self._connect()
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"database unreachable: {_first_line(exc)}") from exc
         return self.conn
+
+    def _lost(self, exc: psycopg.Error) -> BaseException:
+        """A failure that lost the connection becomes StoreUnavailable (the next call opens
+        a new one); any other is the statement's own."""
+        if self.conn.closed or self.conn.broken:
+            unavailable = StoreUnavailable(f"database connection lost: {_first_line(exc)}")
+            unavailable.__cause__ = exc
+            return unavailable
+        return exc
 
     @property
     def in_transaction(self) -> bool:
@@ -103,7 +129,11 @@ class _Connection:
         return self._usable().info.backend_pid
 
     def execute(self, sql: str, params: Sequence = ()) -> psycopg.Cursor:
-        cur = self._usable().execute(_sql(sql), params or None)
+        conn = self._usable()
+        try:
+            cur = conn.execute(_sql(sql), params or None)
+        except psycopg.Error as exc:
+            raise self._lost(exc) from exc
         if cur.rowcount > 0 and cur.description is None:
             self.total_changes += cur.rowcount
         return cur
@@ -112,12 +142,18 @@ class _Connection:
         cur = self._usable().cursor()
         rows = list(rows)
         if rows:
-            cur.executemany(_sql(sql), rows)
+            try:
+                cur.executemany(_sql(sql), rows)
+            except psycopg.Error as exc:
+                raise self._lost(exc) from exc
             self.total_changes += max(cur.rowcount, 0)
         return cur
 
     def executescript(self, script: str) -> None:
-        self._usable().execute(script)  # no parameters: several statements in one call
+        try:
+            self._usable().execute(script)  # no parameters: several statements in one call
+        except psycopg.Error as exc:
+            raise self._lost(exc) from exc
 
     def close(self) -> None:
         self.conn.close()
@@ -125,6 +161,7 @@ class _Connection:
 
 class PostgresStore(Store):
     backend = "postgres"
+    shared = True
     # One transaction per call: a group's locks held together could deadlock two instances.
     max_group = 1
     _mpps_order = "id"
@@ -134,6 +171,7 @@ class PostgresStore(Store):
         self.path = redacted(url)  # what messages about the store name
         self.sinks = list(sinks)
         self.full_since: float | None = None
+        self.instance = ""
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
         try:
@@ -194,6 +232,30 @@ class PostgresStore(Store):
             keys = "\n".join(w.item_key for w in writes)
             self.db.execute("SELECT pg_notify(?, ?)",
                             (CHANNEL, keys if len(keys.encode()) <= MAX_PAYLOAD else ""))
+
+    def outbox_due(self, sink: str, limit: int = 100) -> list[OutboxRow]:
+        """Claim due items for this instance: every pending row of an item, leased for
+        OUTBOX_LEASE_S. An item another instance holds a live lease on, or is claiming at
+        this moment (its advisory lock), is skipped: each change is delivered once."""
+        now = time.time()
+        me = self.instance
+        with self._transaction():
+            rows = self.db.execute(
+                "UPDATE outbox SET lease_until = ?, leased_by = ? WHERE sink = ? AND "
+                "state = 'pending' AND (lease_until IS NULL OR lease_until < ? OR "
+                "leased_by = ?) AND item_key IN (SELECT item_key FROM outbox WHERE sink = ? "
+                "AND state = 'pending' GROUP BY item_key HAVING MAX(next_at) <= ? AND "
+                "MAX(CASE WHEN leased_by = ? THEN 0 ELSE COALESCE(lease_until, 0) END) < ? "
+                "ORDER BY MIN(id) LIMIT ?) "
+                "AND pg_try_advisory_xact_lock(hashtext('outbox ' || sink || ' ' || item_key)) "
+                "RETURNING id, item_key, attempts",
+                (now + OUTBOX_LEASE_S, me, sink, now, me, sink, now, me, now, limit)).fetchall()
+        by_item: dict[str, OutboxRow] = {}
+        for r in sorted(rows, key=lambda r: r["id"]):
+            row = by_item.setdefault(r["item_key"], OutboxRow(r["id"], sink, r["item_key"], 0))
+            row.id = max(row.id, r["id"])
+            row.attempts = max(row.attempts, r["attempts"])
+        return list(by_item.values())
 
     def outside_version(self) -> int:
         return 0  # other instances' changes come by listen(), not by polling

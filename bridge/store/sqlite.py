@@ -72,6 +72,12 @@ class StorageFull(Exception):
     was stored; the same call succeeds once there is space again."""
 
 
+class StoreUnavailable(StorageFull):
+    """The database cannot be reached (PostgreSQL stopped, the connection lost). As with a
+    full disk, nothing of the call was stored and the same call succeeds once it is back;
+    callers that answer AE on StorageFull do so here too, never AA."""
+
+
 def is_storage_full(exc: BaseException) -> bool:
     if isinstance(exc, StorageFull):
         return True
@@ -199,6 +205,8 @@ def _item(row: sqlite3.Row) -> StoredItem:
 
 class Store:
     backend = "sqlite"
+    # Several instances may use this database at once (leases, notifications matter).
+    shared = False
     # Calls grouped into one transaction by AsyncStore (one fsync for several messages).
     max_group = 64
     _mpps_order = "rowid"  # the order in which an MPPS instance listed its items
@@ -207,6 +215,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.url = f"sqlite:///{path}"
+        self.instance = ""  # the bridge sets its name: who holds a lease
         self.sinks = list(sinks)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
@@ -676,8 +685,8 @@ class Store:
     def outbox_retry(self, sink: str, item_key: str, error: str, delay: float,
                      dead: bool) -> None:
         self.db.execute(
-            "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ?, state = ? "
-            "WHERE sink = ? AND item_key = ? AND state = 'pending'",
+            "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ?, state = ?, "
+            "lease_until = NULL WHERE sink = ? AND item_key = ? AND state = 'pending'",
             (time.time() + delay, error, "dead" if dead else "pending", sink, item_key))
 
     def outbox_depth(self, sink: str) -> int:
@@ -725,6 +734,19 @@ class Store:
                 worst["last_error"], remote.remote_id if remote else None,
                 bool(remote and remote.removed_at is not None)))
         return out
+
+    def take_lease(self, name: str, seconds: float) -> bool:
+        """Hold `name` (e.g. 'housekeeping') for `seconds` if no other instance holds it
+        now; the holder renews it by taking it again. True when this instance holds it."""
+        now = time.time()
+        with self._transaction():
+            row = self.db.execute(
+                "INSERT INTO leases (name, holder, until) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "until = excluded.until WHERE leases.until < ? OR leases.holder = "
+                "excluded.holder RETURNING holder",
+                (name, self.instance, now + seconds, now)).fetchone()
+        return row is not None
 
     # --- remote sink state (Orthanc) -------------------------------------------------------
 
@@ -877,6 +899,8 @@ class AsyncStore:
             full = StorageFull(f"storage full: {exc}")
             full.__cause__ = exc
             return False, full
+        if isinstance(exc, StoreUnavailable):
+            return False, exc  # not a full disk: /healthz says the database is unreachable
         if isinstance(exc, StorageFull):
             self.store.full_since = self.store.full_since or time.time()
         return False, exc

@@ -1,0 +1,226 @@
+"""The store on SQLite and PostgreSQL: migrations, and the rules that hold across instances.
+
+"Two instances" here are two stores (each with its own connection and thread) and two
+processors on one database, as two bridges would be; test_failover.py runs real processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from bridge.mapping.loader import load_profiles
+from bridge.processor import Processor
+from bridge.store import (
+    AsyncStore,
+    ItemWrite,
+    OrderLookup,
+    SchemaTooNew,
+    Stale,
+    open_store,
+    store_url,
+)
+from bridge.store.sqlite import migrations
+
+from orders import orm
+
+pytestmark = pytest.mark.backends
+
+
+def two_instances(config) -> tuple[Processor, Processor]:
+    profiles = load_profiles(config.mappings.dir)
+    a = Processor(config, profiles, AsyncStore(open_store(store_url(config), ["orthanc"])))
+    b = Processor(config, profiles, AsyncStore(open_store(store_url(config), ["orthanc"])))
+    return a, b
+
+
+def close(*processors: Processor) -> None:
+    for p in processors:
+        p.store.close()
+
+
+def test_migrations_are_numbered_and_a_newer_schema_is_refused(config, backend) -> None:
+    store = open_store(store_url(config))
+    newest = migrations(store.backend)[-1][0]
+    assert [n for n, _ in migrations(store.backend)] == list(range(1, newest + 1))
+    assert store.schema_version() == newest
+    store.close()
+    store = open_store(store_url(config))  # a second start has nothing to apply
+    assert store.schema_version() == newest
+    store.db.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                     (newest + 1, time.time()))
+    store.close()
+    with pytest.raises(SchemaTooNew, match=f"schema version {newest + 1}"):
+        open_store(store_url(config))
+
+
+async def test_the_same_message_to_two_instances_at_once_is_applied_once(config) -> None:
+    a, b = two_instances(config)
+    try:
+        for n in range(100):
+            raw = orm(f"DUP{n}", order=f"D{n}").encode()
+            first, second = await asyncio.gather(a.handle(raw, "a"), b.handle(raw, "b"))
+            # One of them committed, the other found its row in `accepted` and answered
+            # with the same ACK, byte for byte.
+            assert (first.code, second.code) == ("AA", "AA")
+            assert first.ack == second.ack
+        db = a.store.store
+        statuses = [e.status for e in db.journal_entries(limit=1000)]
+        assert statuses.count("processed") == 100 and statuses.count("duplicate") == 100
+        assert len(db.items()) == 100
+    finally:
+        close(a, b)
+
+
+async def test_two_changes_of_one_order_at_once_never_mix(config) -> None:
+    """Each instance plans from what it read; the store refuses a plan made on items that
+    changed since (Stale) and the processor plans again: the item ends as one message
+    made it, with that message's journal entry, never half of each."""
+    a, b = two_instances(config)
+    try:
+        await a.handle(orm("M0", order="MIX").encode(), "a")
+        for n in range(30):
+            one = orm(f"MA{n}", order="MIX", control="XO", name=f"ALPHA^{n}",
+                      description=f"alpha {n}").encode()
+            two = orm(f"MB{n}", order="MIX", control="XO", name=f"BRAVO^{n}",
+                      description=f"bravo {n}").encode()
+            ra, rb = await asyncio.gather(a.handle(one, "a"), b.handle(two, "b"))
+            assert (ra.code, rb.code) == ("AA", "AA")
+            [item] = a.store.store.items_of_order("MIX^RIS")
+            name = str(item.dataset["PatientName"])
+            steps = item.dataset["ScheduledProcedureStepSequence"]
+            description = steps[0]["ScheduledProcedureStepDescription"]
+            which = ra if name.startswith("ALPHA") else rb
+            word = "alpha" if which is ra else "bravo"
+            assert name.endswith(f"^{n}") and description == f"{word} {n}"
+            assert a.store.store.item(item.item_key).dataset == item.dataset
+            row = a.store.store.db.execute("SELECT journal_id FROM items WHERE item_key = ?",
+                                           (item.item_key,)).fetchone()
+            assert row[0] == which.journal_id
+    finally:
+        close(a, b)
+
+
+def test_a_plan_on_changed_items_is_refused(config) -> None:
+    first, second = open_store(store_url(config)), open_store(store_url(config))
+    try:
+        lookup = OrderLookup("O^RIS")
+        write = ItemWrite("O^RIS|1", "O^RIS", "SCHEDULED", True, {"PatientID": "1"})
+        j1 = first.journal_received(b"one", "p")
+        _, seen = first.prior_state("RIS", "C1", [lookup])
+        j2 = second.journal_received(b"two", "p")
+        second.commit_message(j2, {"control_id": "C2", "sender": "RIS"}, [write], "AA", b"a2",
+                              orders=[lookup], seen={"O^RIS": []})
+        with pytest.raises(Stale):
+            first.commit_message(j1, {"control_id": "C1", "sender": "RIS"}, [write], "AA",
+                                 b"a1", orders=[lookup], seen=seen)
+        assert first.journal_entry(j1).status == "received"  # nothing of it was written
+    finally:
+        first.close()
+        second.close()
+
+
+def test_housekeeping_lease_is_held_by_one_instance(config) -> None:
+    a, b = open_store(store_url(config)), open_store(store_url(config))
+    a.instance, b.instance = "a", "b"
+    try:
+        assert a.take_lease("housekeeping", 0.3) is True
+        assert b.take_lease("housekeeping", 0.3) is False
+        assert a.take_lease("housekeeping", 0.3) is True  # the holder renews
+        time.sleep(0.4)  # the holder died: its lease runs out
+        assert b.take_lease("housekeeping", 0.3) is True
+        assert a.take_lease("housekeeping", 0.3) is False
+    finally:
+        a.close()
+        b.close()
+
+
+# --- PostgreSQL only: what several instances need beyond the shared tables ---------------
+
+def test_outbox_rows_are_claimed_by_one_instance(config, backend) -> None:
+    if backend != "postgres":
+        pytest.skip("one SQLite store has one outbox consumer per sink")
+    a, b = open_store(store_url(config), ["orthanc"]), open_store(store_url(config), ["orthanc"])
+    a.instance, b.instance = "a", "b"
+    try:
+        a.write_items([ItemWrite(f"K{n}", f"O{n}", "SCHEDULED", True, {}) for n in range(60)])
+        got: dict[str, list[str]] = {}
+
+        def claim(store, name: str) -> None:
+            got[name] = [r.item_key for r in store.outbox_due("orthanc", 200)]
+
+        threads = [threading.Thread(target=claim, args=(s, s.instance)) for s in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert not set(got["a"]) & set(got["b"])
+        assert sorted(got["a"] + got["b"]) == sorted(f"K{n}" for n in range(60))
+        # While the lease holds, an item is offered to its holder only (as SQLite offers a
+        # pending row until it is done)...
+        assert {r.item_key for r in a.outbox_due("orthanc", 200)} == set(got["a"])
+        assert {r.item_key for r in b.outbox_due("orthanc", 200)} == set(got["b"])
+        # ...and a new change of a claimed item waits for its holder, never goes to both.
+        holder, other = (a, b) if got["a"] else (b, a)
+        key = got[holder.instance][0]
+        other.write_items([ItemWrite(key, "O", "SCHEDULED", False, {})])
+        assert key not in [r.item_key for r in other.outbox_due("orthanc")]
+        # Its holder died: the lease runs out and the other instance takes the item over.
+        holder.db.execute("UPDATE outbox SET lease_until = 0 WHERE leased_by = ?",
+                          (holder.instance,))
+        assert key in [r.item_key for r in other.outbox_due("orthanc", 200)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_another_instances_commit_is_notified_within_a_second(config, backend) -> None:
+    if backend != "postgres":
+        pytest.skip("SQLite: outside changes are found by data_version (test_operations)")
+    a, b = open_store(store_url(config)), open_store(store_url(config))
+    heard: list[list[str] | None] = []
+    arrived = threading.Event()
+
+    def changed(keys: list[str] | None) -> None:
+        heard.append(keys)
+        arrived.set()
+
+    try:
+        a.listen(changed)
+        time.sleep(0.3)  # LISTEN issued
+        a.write_items([ItemWrite("OWN", "O", "SCHEDULED", True, {})])  # its own: not heard
+        started = time.monotonic()
+        b.write_items([ItemWrite("K1", "O1", "SCHEDULED", True, {}),
+                       ItemWrite("K2", "O2", "SCHEDULED", True, {})])
+        assert arrived.wait(1.0), "no notification within 1 s"
+        assert time.monotonic() - started < 1.0
+        assert heard == [["K1", "K2"]]
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_a_lost_database_connection_answers_ae_then_recovers(config, backend) -> None:
+    if backend != "postgres":
+        pytest.skip("a SQLite file has no connection to lose (test_storage_full: disk full)")
+    import psycopg
+    from conftest import PG_URL
+
+    proc = Processor(config, load_profiles(config.mappings.dir),
+                     AsyncStore(open_store(store_url(config), ["folder"])))
+    try:
+        assert (await proc.handle(orm("UP1", order="U1").encode(), "t")).code == "AA"
+        pid = proc.store.store.db.pid
+        with psycopg.connect(PG_URL, autocommit=True) as admin:  # the database restarts
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        down = await proc.handle(orm("UP2", order="U2").encode(), "t")
+        assert down.code == "AE" and "store unavailable" in down.error
+        # The next message opens a new connection: all works again, nothing to do by hand.
+        again = await proc.handle(orm("UP2", order="U2").encode(), "t")
+        assert again.code == "AA"
+        assert [i.order_key for i in proc.store.store.items()] == ["U1^RIS", "U2^RIS"]
+    finally:
+        proc.store.close()
