@@ -107,6 +107,7 @@ def propagation(writer: Instance, reader: Instance, samples: int) -> list[float]
                     break
                 if time.perf_counter() - t0 > 10:
                     raise RuntimeError(f"sample {n}: not answered by the other SCP in 10 s")
+                time.sleep(0.002)  # leave the CPU to the bridges (2 cores for everything)
             out.append(time.perf_counter() - t0)
     finally:
         assoc.release()
@@ -125,6 +126,13 @@ def run(label: str, count: int, url: str | None, work: Path, orders: int, connec
         elapsed, lat = asyncio.run(load(targets))
         row = {"rate": per * connections / elapsed, "p50": pct(lat, 50), "p99": pct(lat, 99)}
         if count > 1:
+            # Measured once the sinks caught up with the load (each instance writes every
+            # order to its own folder): the propagation of a quiet cluster.
+            deadline = time.time() + 120
+            with psycopg.connect(url) as conn:
+                while time.time() < deadline and conn.execute(
+                        "SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]:
+                    time.sleep(0.5)
             prop = propagation(instances[0], instances[1], samples)
             row["prop50"], row["prop99"] = pct(prop, 50), pct(prop, 99)
         return row

@@ -209,16 +209,20 @@ class Bridge:
             else:
                 self._heard_at = time.time()
                 items = list((await self.store.run(db.items_by_keys, keys)).values())
+            writes = [ItemWrite(i.item_key, i.order_key, i.status, i.visible, i.dataset)
+                      for i in items]
+            # The SCP's index first: modalities see the order before this instance's own
+            # folder has it queued (that waits its turn on the store's thread).
+            for listener in self.change_listeners:
+                listener(writes)
             own = [s.name for s in self.sinks if not getattr(s, "shared", True)]
             for name in own:
                 await self.store.run(db.outbox_enqueue, name, [i.item_key for i in items])
         except Exception:
             log.exception("changes of other instances not picked up; the next catch-up will")
             return
-        writes = [ItemWrite(i.item_key, i.order_key, i.status, i.visible, i.dataset)
-                  for i in items]
-        if writes:
-            self._committed(writes)
+        for w in self.workers:
+            w.notify()
 
     async def health(self) -> dict:
         """What /healthz reports: which instance, which database, and whether this instance
