@@ -249,13 +249,18 @@ class PostgresStore(Store):
         me = self.instance
         with self._transaction():
             rows = self.db.execute(
-                "UPDATE outbox SET lease_until = ?, leased_by = ? WHERE sink = ? AND "
-                "state = 'pending' AND (lease_until IS NULL OR lease_until < ? OR "
-                "leased_by = ?) AND item_key IN (SELECT item_key FROM outbox WHERE sink = ? "
-                "AND state = 'pending' GROUP BY item_key HAVING MAX(next_at) <= ? AND "
+                "UPDATE outbox SET lease_until = ?, leased_by = ? WHERE id IN ("
+                # the pending rows of the first due items no other instance holds...
+                "SELECT id FROM outbox WHERE sink = ? AND state = 'pending' AND "
+                "(lease_until IS NULL OR lease_until < ? OR leased_by = ?) AND item_key IN ("
+                "SELECT item_key FROM outbox WHERE sink = ? AND state = 'pending' "
+                "GROUP BY item_key HAVING MAX(next_at) <= ? AND "
                 "MAX(CASE WHEN leased_by = ? THEN 0 ELSE COALESCE(lease_until, 0) END) < ? "
                 "ORDER BY MIN(id) LIMIT ?) "
+                # ...not being claimed by another instance right now (its item lock, its
+                # row locks)
                 "AND pg_try_advisory_xact_lock(hashtext('outbox ' || sink || ' ' || item_key)) "
+                "FOR UPDATE SKIP LOCKED) "
                 "RETURNING id, item_key, attempts",
                 (now + OUTBOX_LEASE_S, me, sink, now, me, sink, now, me, now, limit)).fetchall()
         by_item: dict[str, OutboxRow] = {}
