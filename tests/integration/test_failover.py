@@ -254,4 +254,7 @@ def test_two_bridges_one_database_with_kills_lose_nothing(tmp_path: Path) -> Non
         assert sorted(str(t.get("AccessionNumber")) for t in orthanc.items.values()) == \
             sorted(live)
         repeated = sum(n - 1 for n in orthanc.versions.values())
+        print(f"fail-over: {len(messages)} messages, {KILLS} kills, "
+              f"{sum(len(a) for a in acks.values()) - len(acks)} repeated AAs, "
+              f"{len(orthanc.versions)} item versions to Orthanc, {repeated} repeated")
         assert repeated <= 20 * KILLS, f"{repeated} item versions delivered more than once"
