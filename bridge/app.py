@@ -22,7 +22,15 @@ from bridge.scp.service import ScpService
 from bridge.sinks import Sink
 from bridge.sinks.folder import FolderSink
 from bridge.sinks.orthanc import OrthancSink
-from bridge.store import AsyncStore, ItemWrite, StorageFull, Store, open_store, store_url
+from bridge.store import (
+    AsyncStore,
+    ItemWrite,
+    StorageFull,
+    Store,
+    StoredItem,
+    open_store,
+    store_url,
+)
 from bridge.tls import server_context
 from bridge.validate import warm_up
 
@@ -176,13 +184,13 @@ class Bridge:
         loop = asyncio.get_running_loop()
         started = time.time()
 
-        def spawn(keys: list[str] | None) -> None:
-            task = loop.create_task(self._pick_up(keys))
+        def spawn(items: list[StoredItem] | None) -> None:
+            task = loop.create_task(self._pick_up(items))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-        def changed(keys: list[str] | None) -> None:  # on the store's listener thread
-            loop.call_soon_threadsafe(spawn, keys)
+        def changed(items: list[StoredItem] | None) -> None:  # on the listener's thread
+            loop.call_soon_threadsafe(spawn, items)
 
         db.listen(changed)
         await self._pick_up(None, since=started - CLOCK_MARGIN_S)
@@ -192,23 +200,23 @@ class Bridge:
                 log.info("sink %s: %d items queued to bring it in step with the store",
                          sink.name, queued)
 
-    async def _pick_up(self, keys: list[str] | None, since: float | None = None) -> None:
-        """Items another instance committed (by key), or, after lost notifications, those
+    async def _pick_up(self, items: list[StoredItem] | None, since: float | None = None
+                       ) -> None:
+        """Items another instance committed, or, after lost notifications (None), those
         changed lately, handed to this instance's views like its own commits."""
         db = self.store.store
         async with self._pick_up_lock:  # one at a time: views get changes in commit order
-            await self._pick_up_locked(db, keys, since)
+            await self._pick_up_locked(db, items, since)
 
-    async def _pick_up_locked(self, db: Store, keys: list[str] | None,
+    async def _pick_up_locked(self, db: Store, items: list[StoredItem] | None,
                               since: float | None) -> None:
         try:
-            if keys is None:
+            if items is None:
                 since = since if since is not None else self._heard_at - CLOCK_MARGIN_S
                 self._heard_at = time.time()
                 items = await self.store.run(db.items_changed_since, since)
             else:
                 self._heard_at = time.time()
-                items = list((await self.store.run(db.items_by_keys, keys)).values())
             writes = [ItemWrite(i.item_key, i.order_key, i.status, i.visible, i.dataset)
                       for i in items]
             # The SCP's index first: modalities see the order before this instance's own

@@ -184,8 +184,8 @@ def test_another_instances_commit_is_notified_within_a_second(config, backend) -
     heard: list[list[str] | None] = []
     arrived = threading.Event()
 
-    def changed(keys: list[str] | None) -> None:
-        heard.append(keys)
+    def changed(items) -> None:
+        heard.append(None if items is None else sorted(i.item_key for i in items))
         arrived.set()
 
     try:

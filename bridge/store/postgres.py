@@ -24,7 +24,9 @@ from bridge.store.sqlite import (
     OutboxRow,
     StorageFull,
     Store,
+    StoredItem,
     StoreUnavailable,
+    _item,
 )
 
 log = logging.getLogger(__name__)
@@ -273,30 +275,38 @@ class PostgresStore(Store):
     def outside_version(self) -> int:
         return 0  # other instances' changes come by listen(), not by polling
 
-    def listen(self, changed: Callable[[list[str] | None], None]) -> None:
-        """Call `changed` (on a thread of its own) with the item keys another instance
-        committed, or None when the notifications may have missed some (the connection
-        was lost): the caller then reads what changed lately."""
+    def listen(self, changed: Callable[[list[StoredItem] | None], None]) -> None:
+        """Call `changed` (on a thread of its own) with the items another instance
+        committed, read on the listening connection (so that they do not wait behind this
+        instance's own store calls), or with None when notifications may have been missed
+        (the connection was lost): the caller then reads what changed lately."""
         own = self.db.pid
         self._listener = threading.Thread(target=self._listen, args=(own, changed),
                                           name="store-listen", daemon=True)
         self._listener.start()
 
-    def _listen(self, own: int, changed: Callable[[list[str] | None], None]) -> None:
+    def _listen(self, own: int, changed: Callable[[list[StoredItem] | None], None]) -> None:
         first = True
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                     row_factory=_rows) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     if not first:
                         changed(None)  # catch up on what came while we were away
                     first = False
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.5, stop_after=None):
-                            if note.pid != own:
-                                changed(note.payload.split("\n") if note.payload else None)
-                            if self._stop.is_set():
-                                break
+                        # Collected first: the connection serves no query while it waits.
+                        notes = list(conn.notifies(timeout=0.5, stop_after=1))
+                        for note in notes:
+                            if note.pid == own:
+                                continue  # this instance's commit reached its views already
+                            if not note.payload:
+                                changed(None)  # too many keys for one notification
+                                continue
+                            rows = conn.execute("SELECT * FROM items WHERE item_key = ANY(%s)",
+                                                (note.payload.split("\n"),)).fetchall()
+                            changed([_item(r) for r in rows])
             except psycopg.Error as exc:
                 if self._stop.is_set():
                     return
