@@ -224,3 +224,23 @@ async def test_a_lost_database_connection_answers_ae_then_recovers(config, backe
         assert [i.order_key for i in proc.store.store.items()] == ["U1^RIS", "U2^RIS"]
     finally:
         proc.store.close()
+
+
+def test_mpps_instances_and_their_items_on_both_backends(config) -> None:
+    store = open_store(store_url(config), ["folder"])
+    try:
+        store.write_items([ItemWrite(k, "O^RIS", "SCHEDULED", True, {"PatientID": "1"})
+                           for k in ("O^RIS|2", "O^RIS|1")])
+        writes = store.mpps_create("1.2.3", "CT1", ["O^RIS|2", "O^RIS|1"], {"a": 1},
+                                   "STARTED", True)
+        assert [w.status for w in writes] == ["STARTED", "STARTED"]
+        assert store.mpps_create("1.2.3", "CT1", ["O^RIS|1"], {}, "STARTED", True) is None
+        mpps = store.mpps("1.2.3")
+        assert mpps.item_keys == ["O^RIS|2", "O^RIS|1"]  # in the order N-CREATE named them
+        assert store.mpps_of_item("O^RIS|1") == ["1.2.3"]
+        mpps, writes = store.mpps_set("1.2.3", "COMPLETED", {"b": 2}, ("COMPLETED", False, True))
+        assert mpps.attributes == {"a": 1, "b": 2} and mpps.state == "COMPLETED"
+        assert {(i.status, i.visible, i.final) for i in store.items()} == \
+            {("COMPLETED", False, True)}
+    finally:
+        store.close()
