@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 
 from bridge.config import Config, ConfigError, check_paths
 from bridge.housekeeping import Housekeeper
@@ -26,7 +26,6 @@ from bridge.store import (
     AsyncStore,
     ItemWrite,
     StorageFull,
-    Store,
     StoredItem,
     open_store,
     store_url,
@@ -109,7 +108,6 @@ class Bridge:
         self.scp_port: int | None = None
         self._tasks: set[asyncio.Task] = set()  # change pick-ups under way
         self._heard_at = time.time()  # the last change notification
-        self._pick_up_lock = asyncio.Lock()
 
     def reload_mappings(self) -> bool:
         """Load the mapping folder again and use it for the next message.
@@ -184,53 +182,62 @@ class Bridge:
         loop = asyncio.get_running_loop()
         started = time.time()
 
-        def spawn(items: list[StoredItem] | None) -> None:
-            task = loop.create_task(self._pick_up(items))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
         def changed(items: list[StoredItem] | None) -> None:  # on the listener's thread
-            loop.call_soon_threadsafe(spawn, items)
+            loop.call_soon_threadsafe(self._outside_items, items)
 
         db.listen(changed)
-        await self._pick_up(None, since=started - CLOCK_MARGIN_S)
+        await self._catch_up(started - CLOCK_MARGIN_S)
         for sink in self.sinks:
             if not getattr(sink, "shared", True):
                 queued = await self.store.run(db.enqueue_all, sink.name)
                 log.info("sink %s: %d items queued to bring it in step with the store",
                          sink.name, queued)
 
-    async def _pick_up(self, items: list[StoredItem] | None, since: float | None = None
-                       ) -> None:
-        """Items another instance committed, or, after lost notifications (None), those
-        changed lately, handed to this instance's views like its own commits."""
-        db = self.store.store
-        async with self._pick_up_lock:  # one at a time: views get changes in commit order
-            await self._pick_up_locked(db, items, since)
+    def _outside_items(self, items: list[StoredItem] | None) -> None:
+        """On the loop, in notification order: items another instance committed go to the
+        SCP's index at once (no store call in between: a busy store thread must not delay
+        modalities); this instance's own folder gets them queued in the background. None:
+        notifications were lost, read what changed lately."""
+        if items is None:
+            self._spawn(self._catch_up(self._heard_at - CLOCK_MARGIN_S))
+            return
+        self._heard_at = time.time()
+        self._apply_outside(items)
 
-    async def _pick_up_locked(self, db: Store, items: list[StoredItem] | None,
-                              since: float | None) -> None:
+    async def _catch_up(self, since: float) -> None:
+        self._heard_at = time.time()
         try:
-            if items is None:
-                since = since if since is not None else self._heard_at - CLOCK_MARGIN_S
-                self._heard_at = time.time()
-                items = await self.store.run(db.items_changed_since, since)
-            else:
-                self._heard_at = time.time()
-            writes = [ItemWrite(i.item_key, i.order_key, i.status, i.visible, i.dataset)
-                      for i in items]
-            # The SCP's index first: modalities see the order before this instance's own
-            # folder has it queued (that waits its turn on the store's thread).
-            for listener in self.change_listeners:
-                listener(writes)
-            own = [s.name for s in self.sinks if not getattr(s, "shared", True)]
-            for name in own:
-                await self.store.run(db.outbox_enqueue, name, [i.item_key for i in items])
+            items = await self.store.run(self.store.store.items_changed_since, since)
         except Exception:
-            log.exception("changes of other instances not picked up; the next catch-up will")
+            log.exception("changes of other instances not read; the next catch-up will")
+            return
+        self._apply_outside(items)
+
+    def _apply_outside(self, items: list[StoredItem]) -> None:
+        if not items:
+            return
+        writes = [ItemWrite(i.item_key, i.order_key, i.status, i.visible, i.dataset)
+                  for i in items]
+        for listener in self.change_listeners:
+            listener(writes)
+        own = [s.name for s in self.sinks if not getattr(s, "shared", True)]
+        if own:
+            self._spawn(self._queue_for_own_sinks(own, [i.item_key for i in items]))
+
+    async def _queue_for_own_sinks(self, sinks: list[str], keys: list[str]) -> None:
+        try:
+            for name in sinks:
+                await self.store.run(self.store.store.outbox_enqueue, name, keys)
+        except Exception:
+            log.exception("other instances' changes not queued for this instance's folder")
             return
         for w in self.workers:
             w.notify()
+
+    def _spawn(self, job: Coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def health(self) -> dict:
         """What /healthz reports: which instance, which database, and whether this instance
