@@ -244,3 +244,52 @@ def test_mpps_instances_and_their_items_on_both_backends(config) -> None:
             {("COMPLETED", False, True)}
     finally:
         store.close()
+
+
+async def test_an_order_committed_on_one_bridge_is_in_the_others_index_within_a_second(
+        config, backend, tmp_path) -> None:
+    """Two running bridges (in this process) on one database: a message AA'd by A is in
+    B's SCP index within a second, and queued for B's own .wl folder."""
+    if backend != "postgres":
+        pytest.skip("one bridge per SQLite file")
+    from conftest import ROOT
+
+    from bridge.app import Bridge
+    from bridge.config import load_config
+
+    def bridge_config(name: str):
+        env = {"BRIDGE_DATA_DIR": str(tmp_path / name), "BRIDGE_MLLP__PORT": "0",
+               "BRIDGE_SCP__PORT": "0", "BRIDGE_METRICS__ENABLED": "false",
+               "BRIDGE_MAPPINGS__WATCH_SECONDS": "0", "BRIDGE_STORE__URL": config.store.url,
+               "BRIDGE_STORE__INSTANCE": name}
+        return load_config(ROOT / "config.yaml", environ=env)
+
+    a, b = Bridge(bridge_config("a")), Bridge(bridge_config("b"))
+    await a.start()
+    await b.start()
+    try:
+        assert b.sinks[0].name == "folder@b"
+        outcome = await a.processor.handle(orm("X1", order="XI").encode(), "t")
+        assert outcome.code == "AA"
+        key = outcome.writes[0].item_key
+        started = time.monotonic()
+        while b.scp.index.get(key) is None and time.monotonic() - started < 1.0:
+            await asyncio.sleep(0.01)
+        assert b.scp.index.get(key) is not None, "not in the other bridge's index within 1 s"
+        health = await b.health()
+        assert (health["instance"], health["ready"], health["database_reachable"]) == \
+            ("b", True, True)
+        assert "bridge_test:***@" in health["database"]  # no password in /healthz
+        folder = tmp_path / "b" / "worklists"
+
+        async def written() -> bool:
+            for _ in range(200):
+                if list(folder.glob("*.wl")):
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        assert await written(), "B's own folder did not get A's order"
+    finally:
+        await a.stop()
+        await b.stop()
