@@ -26,6 +26,7 @@ from bridge.store import (
     AsyncStore,
     ItemWrite,
     StorageFull,
+    Store,
     StoredItem,
     open_store,
     store_url,
@@ -50,6 +51,19 @@ def build_sinks(config: Config, store: AsyncStore) -> list[Sink]:
     return sinks
 
 
+def instance_name(config: Config) -> str:
+    return config.store.instance or socket.gethostname()
+
+
+def name_own_sinks(config: Config, store: Store, sinks: list[Sink]) -> None:
+    """On a shared database a sink that is not shared (the .wl folder) has an outbox of its
+    own per instance: folder@<instance>."""
+    if store.shared:
+        for sink in sinks:
+            if not getattr(sink, "shared", True):
+                sink.name = f"{sink.name}@{instance_name(config)}"
+
+
 def outbox_options(config: Config, sink: Sink) -> dict[str, float]:
     """The retry settings of a sink's outbox worker (the worker's defaults otherwise)."""
     if sink.name == "orthanc":
@@ -66,16 +80,13 @@ class Bridge:
         self.profiles = load_profiles(config.mappings.dir)  # MappingError stops start-up
         # The store first: the Orthanc sink keeps what it delivered in it.
         self.store = AsyncStore(open_store(store_url(config)))
-        self.instance = config.store.instance or socket.gethostname()
+        self.instance = instance_name(config)
         self.store.store.instance = self.instance
         # Several instances on one database (it notifies of changes): a sink that is not
         # shared (the .wl folder) gets an outbox of its own per instance.
         self.shared_db = self.store.store.shared
         self.sinks = build_sinks(config, self.store)
-        if self.shared_db:
-            for sink in self.sinks:
-                if not getattr(sink, "shared", True):
-                    sink.name = f"{sink.name}@{self.instance}"
+        name_own_sinks(config, self.store.store, self.sinks)
         self.store.store.sinks = [s.name for s in self.sinks]
         self.workers = [OutboxWorker(s, self.store, **outbox_options(config, s))
                         for s in self.sinks]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from bridge.app import build_sinks, outbox_options
+from bridge.app import build_sinks, name_own_sinks, outbox_options
 from bridge.config import Config
 from bridge.outbox import OutboxWorker
 from bridge.sinks import Sink, SinkUnavailable
@@ -68,6 +68,7 @@ async def resync(config: Config, names: list[str] | None = None,
             if name not in enabled:
                 raise ResyncError(f"sinks.{name} is not enabled in the configuration")
         chosen = [s for s in sinks if not names or s.name in names]
+        name_own_sinks(config, store.store, chosen)  # this instance's folder, on PostgreSQL
         results = []
         for sink in chosen:
             try:
