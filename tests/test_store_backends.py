@@ -293,3 +293,22 @@ async def test_an_order_committed_on_one_bridge_is_in_the_others_index_within_a_
     finally:
         await a.stop()
         await b.stop()
+
+
+def test_store_url_picks_the_backend_and_defaults_to_the_sqlite_file(tmp_path) -> None:
+    from bridge.config import ConfigError, load_config
+
+    from conftest import ROOT
+
+    config = load_config(ROOT / "config.yaml", environ={"BRIDGE_DATA_DIR": str(tmp_path)})
+    assert store_url(config) == f"sqlite:///{tmp_path / 'bridge.sqlite'}"
+    other = tmp_path / "elsewhere" / "x.sqlite"
+    config = load_config(ROOT / "config.yaml", environ={
+        "BRIDGE_DATA_DIR": str(tmp_path), "BRIDGE_STORE__URL": f"sqlite:///{other}"})
+    store = open_store(store_url(config))
+    try:
+        assert store.backend == "sqlite" and store.path == other and other.exists()
+    finally:
+        store.close()
+    with pytest.raises(ConfigError, match="store.url"):
+        load_config(ROOT / "config.yaml", environ={"BRIDGE_STORE__URL": "mysql://x/y"})
