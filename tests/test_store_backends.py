@@ -296,9 +296,9 @@ async def test_an_order_committed_on_one_bridge_is_in_the_others_index_within_a_
 
 
 def test_store_url_picks_the_backend_and_defaults_to_the_sqlite_file(tmp_path) -> None:
-    from bridge.config import ConfigError, load_config
-
     from conftest import ROOT
+
+    from bridge.config import ConfigError, load_config
 
     config = load_config(ROOT / "config.yaml", environ={"BRIDGE_DATA_DIR": str(tmp_path)})
     assert store_url(config) == f"sqlite:///{tmp_path / 'bridge.sqlite'}"
@@ -312,3 +312,20 @@ def test_store_url_picks_the_backend_and_defaults_to_the_sqlite_file(tmp_path) -
         store.close()
     with pytest.raises(ConfigError, match="store.url"):
         load_config(ROOT / "config.yaml", environ={"BRIDGE_STORE__URL": "mysql://x/y"})
+
+
+def test_a_starting_instance_marks_only_its_own_unanswered_messages(config) -> None:
+    a, b = open_store(store_url(config)), open_store(store_url(config))
+    a.instance, b.instance = "a", "b"
+    try:
+        mine = a.journal_received(b"a's", "p")
+        theirs = b.journal_received(b"b's, being processed", "p")
+        a.recover()  # a restarts while b works
+        status = {e.id: e.status for e in a.journal_entries()}
+        if a.shared:
+            assert status == {mine: "interrupted", theirs: "received"}
+        else:  # one machine: one instance, everything unanswered was its own
+            assert status == {mine: "interrupted", theirs: "interrupted"}
+    finally:
+        a.close()
+        b.close()

@@ -158,6 +158,7 @@ class JournalEntry:
     error: str | None
     replay_count: int = 0
     replayed_at: float | None = None
+    instance: str = ""  # the instance that received it ('' on one machine)
 
 
 @dataclass
@@ -295,10 +296,14 @@ class Store:
         processing them) are marked `interrupted`. Their senders got no ACK and send them
         again; the entries stay for the record. Raises StorageFull when the disk is full
         (the entries then stay `received` until the next start)."""
+        # On a shared database only this instance's own: another one may be processing its
+        # messages right now. Rows from before instances had names ('') count as anyone's.
+        mine = " AND instance IN (?, '')" if self.shared else ""
         try:
             cur = self.db.execute(
                 "UPDATE journal SET status = 'interrupted', error = 'the bridge stopped before "
-                "answering; the sender was not acknowledged' WHERE status = 'received'")
+                "answering; the sender was not acknowledged' WHERE status = 'received'" + mine,
+                (self.instance,) if self.shared else ())
         except sqlite3.Error as exc:
             if not is_storage_full(exc):
                 raise
@@ -317,8 +322,9 @@ class Store:
         message was never acknowledged: the sender sends it again.
         """
         with self._relaxed():
-            cur = self.db.execute("INSERT INTO journal (received_at, peer, raw) "
-                                  "VALUES (?, ?, ?) RETURNING id", (time.time(), peer, raw))
+            cur = self.db.execute("INSERT INTO journal (received_at, peer, raw, instance) "
+                                  "VALUES (?, ?, ?, ?) RETURNING id",
+                                  (time.time(), peer, raw, self.instance))
         return int(cur.fetchone()[0])
 
     @contextlib.contextmanager
