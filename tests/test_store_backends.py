@@ -310,7 +310,7 @@ def test_store_url_picks_the_backend_and_defaults_to_the_sqlite_file(tmp_path) -
         assert store.backend == "sqlite" and store.path == other and other.exists()
     finally:
         store.close()
-    with pytest.raises(ConfigError, match="store.url"):
+    with pytest.raises(ConfigError, match=r"store\.url"):
         load_config(ROOT / "config.yaml", environ={"BRIDGE_STORE__URL": "mysql://x/y"})
 
 
