@@ -29,7 +29,7 @@ FRAME_END = END_BLOCK + CARRIAGE_RETURN
 class Handler(Protocol):
     async def handle(self, raw: bytes, peer: str) -> Outcome: ...
 
-    async def oversized(self, peer: str, limit: int) -> Outcome: ...
+    async def oversized(self, peer: str, limit: int, head: bytes = b"") -> Outcome: ...
 
 
 def write_frame(writer: asyncio.StreamWriter, payload: bytes) -> None:
@@ -37,7 +37,12 @@ def write_frame(writer: asyncio.StreamWriter, payload: bytes) -> None:
 
 
 class FrameTooLarge(Exception):
-    pass
+    def __init__(self, head: bytes = b""):
+        super().__init__("frame too large")
+        self.head = head  # the frame's first bytes (its MSH-10 names it in the ACK)
+
+
+HEAD_BYTES = 4096  # of an oversized frame kept for its ACK
 
 
 async def read_frame(reader: MLLPStreamReader) -> bytes | None:
@@ -55,8 +60,12 @@ async def read_frame(reader: MLLPStreamReader) -> bytes | None:
                             len(exc.partial))
             return None
         except asyncio.LimitOverrunError as exc:
-            await _discard_frame(reader, exc.consumed)
-            raise FrameTooLarge() from exc
+            # The buffered bytes hold the frame's start: keep its first bytes for the ACK.
+            buffered = await reader.readexactly(exc.consumed)
+            start = buffered.rfind(START_BLOCK)
+            head = buffered[start + 1:start + 1 + HEAD_BYTES] if start != -1 else b""
+            await _discard_frame(reader, 0)
+            raise FrameTooLarge(head) from exc
         start = block.rfind(START_BLOCK)
         if start == -1:
             log.warning("%d bytes without an MLLP start block skipped", len(block))
@@ -143,10 +152,11 @@ class MllpServer:
                     # asyncio.timeout, not wait_for: no extra task per frame on the hot path
                     async with asyncio.timeout(timeout):
                         frame = await read_frame(reader)
-                except FrameTooLarge:
+                except FrameTooLarge as too_large:
                     frame = None
                     started = time.perf_counter()
-                    outcome = await self.handler.oversized(peer, self.max_message_bytes)
+                    outcome = await self.handler.oversized(peer, self.max_message_bytes,
+                                                           too_large.head)
                 except TimeoutError:
                     log.info("MLLP connection from %s: no complete frame for %g s, closing",
                              peer, self.limits.idle_timeout)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from bridge.mapping.loader import Profile
 from bridge.mapping.rules import MappingFieldError, Scope, Trace, evaluate_rules
-from bridge.message import Message, Segment
+from bridge.message import Message, Segment, SegmentList
 
 # A worklist item: DICOM keyword -> string value, or a list of such dicts for sequences.
 # The same shape is Orthanc's "Tags" body, and becomes a pydicom Dataset in dicomfile.py.
@@ -66,7 +66,8 @@ def _groups(segments: list[Segment], start: str) -> tuple[list[Segment], list[li
             groups[-1].append(seg)
         else:
             header.append(seg)
-    return header, groups
+    # Every group's rules look into the header: indexed, not scanned each time.
+    return SegmentList(header), groups
 
 
 def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
@@ -81,9 +82,13 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
     result = MappedMessage(profile=profile.name, orders=[])
     for index, group in enumerate(groups, start=1):
         group_scope = Scope([group, header, msg.segments], msg.seps, facts, profile.uid_root)
-        key = profile.order_key.evaluate(group_scope, None)
-        control = profile.order_control.evaluate(group_scope, None)
-        status = profile.order_status.evaluate(group_scope, None)
+        try:
+            key = profile.order_key.evaluate(group_scope, None)
+            control = profile.order_control.evaluate(group_scope, None)
+            status = profile.order_status.evaluate(group_scope, None)
+        except MappingFieldError as exc:
+            exc.group_index = index  # the ERR names this group's segment
+            raise
         if profile.item_segment:
             item_levels = [[s] for s in group if s.name == profile.item_segment] or [[]]
         else:
