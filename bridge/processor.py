@@ -63,9 +63,11 @@ class Rejection(Exception):
         self.msg = msg  # the message as far as it could be read, for the ACK's header
 
 
-# Messages from this size on are decoded and mapped on a worker thread, so that other
-# senders' ACKs do not wait for them; below it the hand-off costs more than the work.
+# Messages from this size, or with this many segments, are decoded and mapped on a worker
+# thread, so that other senders' ACKs do not wait for them. Below, the work (about 0.3 ms
+# for a one-order ORM) costs less than the hand-off (about 0.15 ms more) and stays inline.
 OFFLOAD_BYTES = 16_384
+OFFLOAD_SEGMENTS = 32
 
 
 @dataclass
@@ -95,7 +97,8 @@ class Processor:
         msg: Message | None = None
         try:
             cfg = self.config.mllp
-            if len(raw) >= OFFLOAD_BYTES or cfg.strict or cfg.strict_senders:
+            if (len(raw) >= OFFLOAD_BYTES or cfg.strict or cfg.strict_senders
+                    or raw.count(b"\r") + raw.count(b"\n") >= OFFLOAD_SEGMENTS):
                 # CPU work (and hl7apy's tables) off the event loop: see OFFLOAD_BYTES.
                 prepared = await asyncio.to_thread(self._prepare, raw, header)
             else:

@@ -47,7 +47,7 @@ def test_ar_for_something_that_is_not_hl7() -> None:
 
 def _frame_safe(ack: str) -> bool:
     """No control character but the segment separator: nothing that ends an MLLP frame."""
-    return all(c == "\r" or ord(c) >= 0x20 and c != "\x7f" for c in ack)
+    return all(c == "\r" or (ord(c) >= 0x20 and c != "\x7f") for c in ack)
 
 
 def test_control_characters_never_reach_the_ack() -> None:
