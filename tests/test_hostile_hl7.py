@@ -231,7 +231,12 @@ def test_pathological_messages_within_the_size_limit(bridge, shape):
     }
     message = grow[shape]()
     assert len(message) < 1_048_576
-    assert msa(answer(bridge, message))[0] in ("AA", "AE")
+    ack = answer(bridge, message)
+    if shape in ("segments", "orders"):
+        # Over mllp.max_segments (5,000) or mllp.max_groups (1,000): refused, naming the key.
+        assert msa(ack) == ("AR", f"BIG-{shape}") and b"mllp.max_" in ack, ack
+    else:
+        assert msa(ack)[0] in ("AA", "AE")
     assert msa(answer(bridge, with_control_id(fixture_message(), f"AFTER-{shape}")))[0] \
         == "AA"
 
@@ -337,3 +342,98 @@ def test_a_10000_group_message_is_mapped_without_holding_up_other_senders(roomy_
             assert time.monotonic() - started < 20.0  # 74 s before
     assert len(pinger.latencies) >= 3 and set(pinger.codes) == {"AA"}
     assert max(pinger.latencies) < OTHER_SENDER_BOUND, pinger.latencies
+
+
+# --- the fuzz test: MLLP frames and HL7 structure, with another sender watching ----------
+
+FUZZ_EXAMPLES = 1500  # about 30 s here; most of it is drawing the examples
+# Cheaper to draw than TEXT (generation is most of the cost of an example).
+SHORT_TEXT = st.text(alphabet="AZaz09 .-/\xe9\xfc\u00c6\u4e2d\u0416\x00\x1b\x7f", max_size=12)
+_fuzz_ids = iter(range(10**9))
+# Separator candidates: never a character of the control IDs below.
+FUZZ_SEPARATORS = "|^~\\&#!$%*+/:;=?@_`{}"
+# Control IDs: letters, digits, "-", "." and control characters, framing bytes among them
+# (0x1C, 0x1D), but not 0x0B (it starts a frame), CR/LF (they end MSH) or ESC (a shift in
+# ISO 2022).
+CONTROL_ID = st.text(alphabet="ABCxyz019-. \x00\x01\x07\x09\x1c\x1d\x1f\x7f", max_size=10)
+
+
+@st.composite
+def fuzz_message(draw) -> tuple[bytes, str]:
+    """An HL7 message (bytes) and its MSH-10, readable from the header by construction."""
+    field = draw(st.sampled_from(FUZZ_SEPARATORS))
+    others = [c for c in FUZZ_SEPARATORS if c != field]
+    msh2 = draw(st.one_of(  # complete, short (defaults for the rest), or unusable
+        st.lists(st.sampled_from(others), min_size=4, max_size=5, unique=True).map("".join),
+        st.lists(st.sampled_from(others), min_size=0, max_size=3, unique=True).map("".join),
+        st.lists(st.sampled_from([*others, "a", "1", " "]), min_size=1, max_size=6)
+        .map("".join)))
+    control = f"F{next(_fuzz_ids)}" + draw(CONTROL_ID)
+    comp = next(c for c in msh2 + "^~" if c != field)  # never the field separator
+    msg_type = draw(st.sampled_from(["ORM^O01", "ORM^O01^ORM_O01", "OMI^O23", "ADT^A08", "",
+                                     "ORM", "ZZZ^Z99", "ADT^A40"])).replace(field, "")
+    msg_type = msg_type.replace("^", comp)
+    version = draw(st.sampled_from(["2.3.1", "2.5.1", "", "9.9"]))
+    header = ["MSH" + field + msh2, "RIS", "HOSP", "BRIDGE", "IMG", "20240101", "", msg_type,
+              control, "P", version, "", "", "", "", "", draw(CHARSETS)]
+    segments = [field.join(header)]
+    text_values = st.one_of(SHORT_TEXT, ESCAPES, st.just(""), st.just("\x1c"),
+                            st.just(comp * 5), st.builds(lambda a, b: a + comp + b, SHORT_TEXT,
+                                                         SHORT_TEXT))
+    for _ in range(draw(st.integers(0, 6))):
+        name = draw(st.sampled_from(["PID", "PV1", "ORC", "OBR", "ZDS", "NTE", "OBX", "IPC",
+                                     "EVN", "MSH", "XY", ""]))
+        indent = draw(st.sampled_from(["", "", "", " ", "\t", "  \t"]))
+        fields = draw(st.lists(text_values, max_size=12))
+        segments.append(indent + field.join([name, *(f.replace(field, "") for f in fields)]))
+    text = draw(st.sampled_from(["\r", "\n", "\r\n"])).join(segments)
+    data = text.encode(draw(st.sampled_from(["latin-1", "utf-8", "cp1252"])), errors="replace")
+    return data, control
+
+
+NOISE = st.binary(max_size=20).map(lambda b: b.replace(SB, b"").replace(b"\x1c", b""))
+
+
+def _hl7_unhex(value: str, esc: str) -> str:
+    """HL7's \\Xhh\\ escape (chapter 2.7), with the ACK's escape character."""
+    import re
+
+    return re.sub(re.escape(esc) + r"X([0-9A-Fa-f]{2})" + re.escape(esc),
+                  lambda m: chr(int(m[1], 16)), value)
+
+
+def check_fuzz_ack(ack: bytes, control: str) -> None:
+    code, msa2 = msa(ack)
+    assert code in ("AA", "AE", "AR"), ack
+    assert err_code(ack) != INTERNAL_ERROR, ack
+    # Nothing echoed may break the frame or a segment: no control byte but CR.
+    assert not any((b < 0x20 and b != 0x0D) or b == 0x7F for b in ack), ack
+    segments = [s for s in ack.split(b"\r") if s]
+    assert segments[0].startswith(b"MSH") and segments[1].startswith(b"MSA"), ack
+    # MSA-2 is MSH-10 as sent, its control characters as HL7 hex escapes.
+    esc = ack[4:].split(ack[3:4], 1)[0].decode("latin-1")[2:3]
+    assert _hl7_unhex(msa2, esc) == control, (ack, control)
+
+
+def test_fuzzed_frames_each_get_a_sound_ack_and_others_are_served(bridge):
+    """Issue 15: thousands of fuzzed frames; each gets exactly one ACK, in order, with
+    MSA-2 = MSH-10, never broken by echoed bytes; another sender is served meanwhile."""
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(messages=st.lists(fuzz_message().filter(lambda m: framable(m[0])), min_size=1,
+                             max_size=3),
+           noise=NOISE, cuts=st.lists(st.integers(0, 3000), max_size=4))
+    def one_connection(messages, noise, cuts):
+        stream = b"".join(noise + frame(data) for data, _ in messages)
+        with RawClient(bridge.port) as client:
+            client.send(stream, chunks=cuts)
+            for _, control in messages:
+                ack = client.read_ack()
+                assert ack is not None, "connection closed instead of an ACK"
+                check_fuzz_ack(ack, control)
+
+    with Pinger(bridge.port) as pinger:
+        one_connection()
+    assert pinger.latencies and set(pinger.codes) == {"AA"}
+    assert max(pinger.latencies) < OTHER_SENDER_BOUND, max(pinger.latencies)
