@@ -309,12 +309,12 @@ class Processor:
         return writes
 
     @staticmethod
-    def _field_rejection(exc: MappingFieldError, msg: Message, group_segment: str = "",
-                         group_index: int | None = None) -> Rejection:
+    def _field_rejection(exc: MappingFieldError, msg: Message | None = None,
+                         group_segment: str = "", group_index: int | None = None) -> Rejection:
         loc = None
         if exc.path is not None:
             # ERR-2.2 names the occurrence the rule read: the second group's OBR is OBR^2.
-            seg = msg.locate(exc.path, group_segment, group_index or 0)
+            seg = msg.locate(exc.path, group_segment, group_index or 0) if msg else None
             loc = ErrorLocation(exc.path.segment, exc.path.field, seg.sequence if seg else 1,
                                 component=exc.path.component,
                                 subcomponent=exc.path.subcomponent)
