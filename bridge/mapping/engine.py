@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge.mapping.loader import Profile
@@ -71,7 +72,8 @@ def _groups(segments: list[Segment], start: str) -> tuple[list[Segment], list[li
 
 
 def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
-                  facts: dict[str, str] | None = None) -> MappedMessage:
+                  facts: dict[str, str] | None = None,
+                  pause: Callable[[], None] | None = None) -> MappedMessage:
     """Map every order group of `msg`.
 
     Raises MappingFieldError when an order's key, control or status cannot be read; a missing
@@ -110,4 +112,6 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
         result.traces.extend(traces)
         result.orders.append(
             MappedOrder(str(key), str(control), str(status), items, index, error, traces))
+        if pause is not None:
+            pause()  # after each group: a worker thread lets other threads run (processor)
     return result
