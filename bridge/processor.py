@@ -128,7 +128,7 @@ class Processor:
                 if previous is not None:
                     return await self._duplicate(journal_id, header, previous)
                 writes = await self._patient_writes(msg, profile, prepared.updates or [])
-                warnings = []
+                warnings: list[str] = []
             else:
                 # Mapped first (CPU only), then one trip to the store for both the duplicate
                 # check and the orders' items: fewer hand-offs to the store's thread.
