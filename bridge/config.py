@@ -80,6 +80,9 @@ class MllpConfig(_Section):
     # `strict` applies it to every sender, `strict_senders` to those MSH-3 values only.
     strict: bool = False
     strict_senders: list[str] = []
+    # Structural limits (AR naming the limit): the work per message grows with them.
+    max_segments: int = Field(5000, ge=1)  # segments in one message
+    max_groups: int = Field(1000, ge=1)  # order (or patient) groups in one message
     tls: TlsConfig = TlsConfig()
 
     @field_validator("strict_senders", "allowed_peers", mode="before")
