@@ -310,6 +310,7 @@ class Store:
         self.sinks = list(sinks)
         # RIS destinations that get MPPS status messages (empty: none are queued).
         self.outbound_destinations: list[str] = []
+        self.outbound_events = {"in_progress", "completed", "discontinued"}
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -774,7 +775,7 @@ class Store:
                         item_keys: list[str]) -> None:
         """Inside the MPPS transaction: one row per destination and per order the instance
         performs, with the order's items and the instance as it is now."""
-        if not self.outbound_destinations:
+        if not self.outbound_destinations or event not in self.outbound_events:
             return
         by_order: dict[str, list[str]] = {}
         for key in item_keys:
