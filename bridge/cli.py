@@ -307,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=Path("config.yaml"),
                    help="configuration file (default: ./config.yaml)")
     p.set_defaults(func=_import_wl)
+
+    from bridge.outbound import commands as outbound  # status to the RIS
+
+    outbound.add_parser(sub)
     return parser
 
 

@@ -181,11 +181,11 @@ def load_outbound(file: FsPath) -> OutboundProfile:
     try:
         doc = YAML(typ="rt").load(file.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise MappingError(f"{file}: cannot read: {exc.strerror}") from exc
+        raise MappingError([f"{file}: cannot read: {exc.strerror}"]) from exc
     except YAMLError as exc:
-        raise MappingError(f"{file}: not valid YAML: {exc}") from exc
+        raise MappingError([f"{file}: not valid YAML: {exc}"]) from exc
     if not isinstance(doc, dict):
-        raise MappingError(f"{file}:1:1: an outbound profile is a table of keys")
+        raise MappingError([f"{file}:1:1: an outbound profile is a table of keys"])
     for key in doc:
         if key not in _TOP:
             problems.add(doc, key, f"unknown key {key!r} (known: {', '.join(sorted(_TOP))})")
@@ -231,7 +231,7 @@ def load_outbound(file: FsPath) -> OutboundProfile:
         if rule is not None:
             rules.append(rule)
     if problems.lines:
-        raise MappingError("\n".join(problems.lines))
+        raise MappingError(problems.lines)
     code, _, event = message_type.partition("^")
     return OutboundProfile(
         name=str(doc["profile"]), file=str(file), description=str(doc.get("description", "")),

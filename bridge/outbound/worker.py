@@ -27,9 +27,19 @@ log = logging.getLogger(__name__)
 
 
 def control_id(row_id: int) -> str:
-    """MSH-10: the row, and the second it was built (a replay gets a new one). 20
-    characters at most (ST in v2.3.1)."""
-    return f"WB{row_id}-{int(time.time()) % 10**8}"
+    """MSH-10: the row and the millisecond it was built, in base 36 (a replay gets a new
+    one); under 20 characters (ST in v2.3.1)."""
+    return f"WB{_b36(row_id)}.{_b36(int(time.time() * 1000) % 36**7)}"
+
+
+def _b36(n: int) -> str:
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
 
 
 class OutboundWorker:
