@@ -361,3 +361,19 @@ async def test_preview_and_list(bench, tmp_path: Path, capsys) -> None:
     assert main(["outbound", "list", "--config", str(cfg)]) == 0
     out, _ = capsys.readouterr()
     assert "pending" in out and "in_progress" in out and "PL3^RISNS" in out
+
+
+async def test_omg_status_validates(bench) -> None:
+    config, proc = bench
+    db = proc.store.store
+    keys = await _order(proc, orm("M1", placer="PL4^RISNS").encode())
+    db.mpps_create("1.2.3.12", "CT01", keys, MPPS_START, "STARTED", False)
+    row = db.outbound_entries()[0]
+    event = gather(db, row.order_key, row.item_keys, row.event, row.mpps_uid, row.mpps,
+                   "SC", "IP")
+    built = build(load_outbound(OUTBOUND / "outbound-omg-status.yaml"), config.ris, event, "C")
+    report = check_bytes(built.payload, "8859/1")
+    assert report.ok and report.structure == "OMG_O19 (HL7 2.5.1)", report.problems
+    parse_message(built.text, validation_level=VALIDATION_LEVEL.STRICT,
+                  find_groups=True).validate()
+    assert _fields(built.text, "ORC")[2] == "PL4^RISNS"
