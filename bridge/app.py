@@ -106,6 +106,8 @@ class Bridge:
         Connections stay open: the processor reads `profiles` per message. An invalid set
         is refused whole, the previous good one stays in use, and the log says why.
         """
+        if self.outbound is not None:  # SIGHUP: the outbound profile too (its own folder)
+            self.outbound.reload()
         try:
             profiles = load_profiles(self.config.mappings.dir)
         except MappingError as exc:
@@ -155,6 +157,9 @@ class Bridge:
         """What /healthz reports; raises when the store cannot be read."""
         db = self.store.store
         depths = {s.name: await self.store.run(db.outbox_depth, s.name) for s in self.sinks}
+        if self.outbound is not None:  # status messages not yet accepted by the RIS
+            depths[f"outbound:{self.config.ris.name}"] = await self.store.run(
+                db.outbound_depth, self.config.ris.name)
         return {"mllp_port": self.mllp_port, "connections": len(self.mllp.connections),
                 "outbox": depths}
 

@@ -377,3 +377,49 @@ async def test_omg_status_validates(bench) -> None:
     parse_message(built.text, validation_level=VALIDATION_LEVEL.STRICT,
                   find_groups=True).validate()
     assert _fields(built.text, "ORC")[2] == "PL4^RISNS"
+
+
+async def test_discontinued_is_configurable_and_can_be_switched_off(tmp_path: Path) -> None:
+    from bridge.app import outbound_worker
+
+    for extra, expected in (({}, ("SC", "DC")),
+                            ({"BRIDGE_RIS__DISCONTINUED__CONTROL": "DC",
+                              "BRIDGE_RIS__DISCONTINUED__STATUS": "CA"}, ("DC", "CA")),
+                            ({"BRIDGE_RIS__DISCONTINUED__SEND": "false"}, None)):
+        config = _config(tmp_path / str(len(extra)), free_port(), **extra)
+        store = AsyncStore(Store(config.store_path, ["folder"]))
+        try:
+            worker = outbound_worker(config, store)  # the bridge's own wiring
+            proc = Processor(config, load_profiles(config.mappings.dir), store)
+            keys = await _order(proc, orm("M1").encode())
+            db = store.store
+            db.mpps_create("1.2.3.13", "CT01", keys, MPPS_START, "STARTED", False)
+            db.mpps_set("1.2.3.13", "DISCONTINUED", {}, None)
+            rows = sorted(db.outbound_entries(), key=lambda r: r.id)
+            if expected is None:
+                assert [r.event for r in rows] == ["in_progress"]
+                continue
+            rule = getattr(config.ris, rows[1].event)
+            event = gather(db, rows[1].order_key, rows[1].item_keys, rows[1].event,
+                           rows[1].mpps_uid, rows[1].mpps, rule.control, rule.status)
+            orc = _fields(build(worker.profile, config.ris, event, "C").text, "ORC")
+            assert (orc[1], orc[5]) == expected
+        finally:
+            store.close()
+
+
+async def test_a_broken_profile_on_reload_keeps_the_previous_one(tmp_path: Path) -> None:
+    file = tmp_path / "mine.yaml"
+    file.write_text((OUTBOUND / "outbound-orm-status.yaml").read_text())
+    config = _config(tmp_path, free_port())
+    store = AsyncStore(Store(config.store_path))
+    try:
+        worker = OutboundWorker(config.ris, load_outbound(file), store)
+        file.write_text(file.read_text().replace("ORC-1: event.control", "ORC-1: event.x"))
+        assert worker.reload() is False
+        assert worker.profile.name == "outbound-orm-status"
+        file.write_text(file.read_text().replace("event.x", "event.control")
+                        .replace("profile: outbound-orm-status", "profile: mine"))
+        assert worker.reload() is True and worker.profile.name == "mine"
+    finally:
+        store.close()

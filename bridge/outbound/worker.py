@@ -16,10 +16,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 
 from bridge.config import RisConfig
+from bridge.mapping.loader import MappingError
 from bridge.outbound.builder import BuildError, build, gather
-from bridge.outbound.profile import OutboundProfile
+from bridge.outbound.profile import OutboundProfile, load_outbound
 from bridge.outbound.sender import RisSender, RisUnavailable
 from bridge.store import AsyncStore, OutboundRow
 
@@ -67,6 +69,17 @@ class OutboundWorker:
 
     def notify(self) -> None:
         self.wakeup.set()
+
+    def reload(self) -> bool:
+        """Load the profile file again (SIGHUP); an invalid one leaves the current one in
+        use. Messages already built are sent as they are."""
+        try:
+            self.profile = load_outbound(Path(self.profile.file))
+        except MappingError as exc:
+            log.error("outbound profile not reloaded, still using the previous one:\n%s", exc)
+            return False
+        log.info("outbound profile %s reloaded", self.profile.name)
+        return True
 
     async def _run(self) -> None:
         while True:
