@@ -809,6 +809,11 @@ class Store:
                               (now + seconds, row_id, now))
         return cur.rowcount == 1
 
+    def outbound_release(self, row_id: int) -> None:
+        """Give a claimed row back (a sender stopping mid-send): due again at once."""
+        self.db.execute("UPDATE outbound SET claimed_until = 0 WHERE id = ? AND "
+                        "state = 'pending'", (row_id,))
+
     def outbound_built(self, row_id: int, message: bytes, control_id: str) -> None:
         self.db.execute("UPDATE outbound SET message = ?, control_id = ? WHERE id = ?",
                         (message, control_id, row_id))

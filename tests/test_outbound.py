@@ -423,3 +423,52 @@ async def test_a_broken_profile_on_reload_keeps_the_previous_one(tmp_path: Path)
         assert worker.reload() is True and worker.profile.name == "mine"
     finally:
         store.close()
+
+
+async def test_each_ipc_echoes_its_own_item_even_with_long_ids(bench) -> None:
+    config, proc = bench
+    db = proc.store.store
+    omi = "\r".join([
+        "MSH|^~\\&|RIS|HOSP|BRIDGE|IMG|20240101120000||OMI^O23^OMI_O23|OMI2|P|2.5.1",
+        "PID|||P2^^^HOSP||ROE^RICHARD",
+        "ORC|NW|PLO2^RISNS|FLO2^IMGNS||SC",
+        "OBR||PLO2^RISNS|FLO2^IMGNS|MRHEAD^MR Head^LOCAL",
+        "IPC|ACC2^RISNS|RP2|1.2.3.79|A-SCHEDULED-STEP-0001|MR",
+        "IPC|ACC2^RISNS|RP2|1.2.3.79|B-SCHEDULED-STEP-0001|MR",
+    ]) + "\r"
+    keys = await _order(proc, omi.encode())
+    second = [k for k in keys if "B-SCHEDULED" in k]
+    db.mpps_create("1.2.3.14", "MR01", second, MPPS_START, "STARTED", False)
+    row = db.outbound_entries()[0]
+    event = gather(db, row.order_key, row.item_keys, row.event, row.mpps_uid, row.mpps,
+                   "SC", "IP")
+    built = build(load_outbound(OUTBOUND / "outbound-omi-status.yaml"), config.ris, event, "C")
+    ipcs = [s.split("|") for s in built.text.split("\r") if s.startswith("IPC|")]
+    assert [ipc[4] for ipc in ipcs] == ["B-SCHEDULED-STEP-0001"]  # as sent, not cut
+
+
+async def test_a_stopped_sender_gives_its_row_back(tmp_path: Path) -> None:
+    port = free_port()
+    ris = RisSimulator(port)
+    ris.set_answer("silent")
+    ris.start()
+    config = _config(tmp_path, port, BRIDGE_RIS__ACK_TIMEOUT="30")
+    store = AsyncStore(Store(config.store_path, ["folder"]))
+    store.store.outbound_destinations = ["ris"]
+    db = store.store
+    try:
+        proc = Processor(config, load_profiles(config.mappings.dir), store)
+        keys = await _order(proc, orm("M1").encode())
+        await store.run(db.mpps_create, "1.2.3.15", "CT01", keys, MPPS_START, "STARTED",
+                        False)
+        worker = OutboundWorker(config.ris, load_outbound(OUTBOUND / "outbound-orm-status.yaml"),
+                                store)
+        worker.start()
+        await _until(lambda: ris.count() == 1)
+        assert db.outbound_due("ris") == []  # claimed while it waits for the ACK
+        await worker.stop()
+        # Due again at once for the next start, not after the claim's lease.
+        assert [r.state for r in db.outbound_due("ris")] == ["pending"]
+    finally:
+        ris.stop()
+        store.close()

@@ -266,10 +266,14 @@ def _item_scope(base: tuple[list[Segment], Scope] | None, item: dict) -> Scope |
     sps = _item_value(item, ["ScheduledProcedureStepSequence", "ScheduledProcedureStepID"])
     accession = _item_value(item, ["AccessionNumber"])
     seps = scope.seps
+
+    def same(raw: str, value: str) -> bool:
+        # The item may hold the value cut to its VR (SH: 16 characters).
+        sent = unescape(raw.split(seps.component)[0], seps).strip()
+        return bool(value) and (sent == value or (len(value) == 16 and sent.startswith(value)))
+
     ipc = next((s for s in group if s.name == "IPC" and (
-        (sps and unescape(s[4].split(seps.component)[0], seps) == sps) or
-        (not sps and accession and unescape(s[1].split(seps.component)[0], seps) == accession))),
-        None)
+        same(s[4], sps) if sps else same(s[1], accession))), None)
     return Scope([[ipc] if ipc else [], *scope.levels], seps)
 
 

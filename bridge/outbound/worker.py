@@ -56,6 +56,7 @@ class OutboundWorker:
         self._probes = 0
         self.wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._claimed: int | None = None  # the row being sent, given back on stop
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(),
@@ -65,6 +66,9 @@ class OutboundWorker:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._claimed is not None:  # stopped mid-send: the next start sends it at once
+            await self.store.run(self.store.store.outbound_release, self._claimed)
+            self._claimed = None
         await self.sender.close()
 
     def notify(self) -> None:
@@ -106,7 +110,10 @@ class OutboundWorker:
             lease = self.ris.connect_timeout + self.ris.ack_timeout + 30
             if not await self.store.run(db.outbound_claim, row.id, lease):
                 continue
-            if not await self._deliver(row):
+            self._claimed = row.id
+            delivered = await self._deliver(row)
+            self._claimed = None
+            if not delivered:
                 return busy  # the RIS is unreachable: the rest waits for its turn
             busy = True
         return busy
