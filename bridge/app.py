@@ -54,9 +54,9 @@ def outbound_worker(config: Config, store: AsyncStore):
 
     ris = config.ris
     profile = load_outbound(profile_file(ris.profile, config.mappings.dir))
-    store.store.outbound_destinations = [ris.name]
-    store.store.outbound_events = {e for e in ("in_progress", "completed", "discontinued")
-                                   if getattr(ris, e).send}
+    store.store.outbound_destinations = (ris.name,)
+    store.store.outbound_events = frozenset(
+        e for e in ("in_progress", "completed", "discontinued") if getattr(ris, e).send)
     return OutboundWorker(ris, profile, store)
 
 
@@ -157,9 +157,6 @@ class Bridge:
         """What /healthz reports; raises when the store cannot be read."""
         db = self.store.store
         depths = {s.name: await self.store.run(db.outbox_depth, s.name) for s in self.sinks}
-        if self.outbound is not None:  # status messages not yet accepted by the RIS
-            depths[f"outbound:{self.config.ris.name}"] = await self.store.run(
-                db.outbound_depth, self.config.ris.name)
         return {"mllp_port": self.mllp_port, "connections": len(self.mllp.connections),
                 "outbox": depths}
 

@@ -130,6 +130,8 @@ CREATE TABLE IF NOT EXISTS outbound (
 CREATE INDEX IF NOT EXISTS outbound_due ON outbound (destination, state, id);
 CREATE INDEX IF NOT EXISTS outbound_order ON outbound (destination, order_key, state, id);
 """
+# Created with the MPPS tables at start-up: status messages are queued with MPPS changes.
+MPPS_SCHEMA += OUTBOUND_SCHEMA
 
 # Columns added after the first release: (table, column, definition, what existing rows get).
 # The start-up adds the ones a store lacks; existing files keep opening.
@@ -304,13 +306,15 @@ def _item(row: sqlite3.Row) -> StoredItem:
 
 
 class Store:
+    # RIS destinations that get MPPS status messages (none: nothing is queued), and the
+    # events they get; the bridge sets both from `ris.*` (app.py).
+    outbound_destinations: tuple[str, ...] = ()
+    outbound_events: frozenset[str] = frozenset({"in_progress", "completed", "discontinued"})
+
     def __init__(self, path: Path, sinks: Iterable[str] = ()):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.sinks = list(sinks)
-        # RIS destinations that get MPPS status messages (empty: none are queued).
-        self.outbound_destinations: list[str] = []
-        self.outbound_events = {"in_progress", "completed", "discontinued"}
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -322,7 +326,6 @@ class Store:
         self.db.executescript(SINK_STATE_SCHEMA)
         self.db.executescript(ORDER_IDS_SCHEMA)
         self.db.executescript(MPPS_SCHEMA)
-        self.db.executescript(OUTBOUND_SCHEMA)
         self._migrate()
 
     def _migrate(self) -> None:

@@ -55,7 +55,7 @@ async def bench(tmp_path: Path):
     """A processor and its store with the RIS destination on; yields (config, processor)."""
     config = _config(tmp_path, free_port())
     store = AsyncStore(Store(config.store_path, ["folder"]))
-    store.store.outbound_destinations = ["ris"]
+    store.store.outbound_destinations = ("ris",)
     proc = Processor(config, load_profiles(config.mappings.dir), store)
     yield config, proc
     store.close()
@@ -248,7 +248,7 @@ def test_ack_reading_gives_the_ris_error_text() -> None:
 async def _worker_bench(tmp_path: Path, ris_port: int):
     config = _config(tmp_path, ris_port)
     store = AsyncStore(Store(config.store_path, ["folder"]))
-    store.store.outbound_destinations = ["ris"]
+    store.store.outbound_destinations = ("ris",)
     proc = Processor(config, load_profiles(config.mappings.dir), store)
     keys = await _order(proc, orm("M1", placer="PL1^RISNS").encode())
     worker = OutboundWorker(config.ris, load_outbound(OUTBOUND / "outbound-orm-status.yaml"),
@@ -454,7 +454,7 @@ async def test_a_stopped_sender_gives_its_row_back(tmp_path: Path) -> None:
     ris.start()
     config = _config(tmp_path, port, BRIDGE_RIS__ACK_TIMEOUT="30")
     store = AsyncStore(Store(config.store_path, ["folder"]))
-    store.store.outbound_destinations = ["ris"]
+    store.store.outbound_destinations = ("ris",)
     db = store.store
     try:
         proc = Processor(config, load_profiles(config.mappings.dir), store)
