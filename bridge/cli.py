@@ -267,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list items off the worklist too")
     _add_config(p)
     p.set_defaults(func=_worklist)
+
+    from bridge.outbound import commands as outbound  # status to the RIS
+
+    outbound.add_parser(sub)
+
     p = sub.add_parser("translate", help="dry run: map one HL7 message and print the items")
     p.add_argument("message", type=Path, help="a file with one HL7 message")
     source = p.add_mutually_exclusive_group()
@@ -307,10 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=Path("config.yaml"),
                    help="configuration file (default: ./config.yaml)")
     p.set_defaults(func=_import_wl)
-
-    from bridge.outbound import commands as outbound  # status to the RIS
-
-    outbound.add_parser(sub)
     return parser
 
 

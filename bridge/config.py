@@ -322,8 +322,8 @@ class Config(_Section):
     sinks: SinksConfig = SinksConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     journal: JournalConfig = JournalConfig()
-    metrics: MetricsConfig = MetricsConfig()
     ris: RisConfig = RisConfig()  # status back to the RIS (off by default)
+    metrics: MetricsConfig = MetricsConfig()
 
     @property
     def store_path(self) -> Path:
@@ -346,10 +346,10 @@ class Config(_Section):
         tls = self.mllp.tls
         tls.certfile, tls.keyfile, tls.ca_file = (rel(tls.certfile), rel(tls.keyfile),
                                                   rel(tls.ca_file))
-        self.sinks.orthanc.ca_bundle = rel(self.sinks.orthanc.ca_bundle)
         ris = self.ris.tls
         ris.ca_file, ris.certfile, ris.keyfile = (rel(ris.ca_file), rel(ris.certfile),
                                                   rel(ris.keyfile))
+        self.sinks.orthanc.ca_bundle = rel(self.sinks.orthanc.ca_bundle)
         return self
 
 
