@@ -642,6 +642,109 @@ class Store:
         return [r["uid"] for r in self.db.execute(
             "SELECT uid FROM mpps_items WHERE item_key = ? ORDER BY rowid", (item_key,))]
 
+    # --- status to the RIS (outbound) ------------------------------------------------------
+
+    def _queue_outbound(self, event: str, uid: str, attributes: dict,
+                        item_keys: list[str]) -> None:
+        """Inside the MPPS transaction: one row per destination and per order the instance
+        performs, with the order's items and the instance as it is now."""
+        if not self.outbound_destinations or event not in self.outbound_events:
+            return
+        by_order: dict[str, list[str]] = {}
+        for key in item_keys:
+            item = self.item(key)
+            if item is not None:
+                by_order.setdefault(item.order_key, []).append(key)
+        now = time.time()
+        self.db.executemany(
+            "INSERT INTO outbound (destination, order_key, item_keys, event, mpps_uid, mpps, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(dest, order, json.dumps(keys), event, uid, json.dumps(attributes), now)
+             for dest in self.outbound_destinations for order, keys in by_order.items()])
+
+    def outbound_due(self, destination: str, limit: int = 50) -> list[OutboundRow]:
+        """Pending rows whose time has come and that no sender holds, oldest first, each
+        only when no older row of its order is still pending: in order per order."""
+        now = time.time()
+        rows = self.db.execute(
+            "SELECT * FROM outbound AS o WHERE destination = ? AND state = 'pending' AND "
+            "next_at <= ? AND claimed_until <= ? AND NOT EXISTS (SELECT 1 FROM outbound AS e "
+            "WHERE e.destination = o.destination AND e.order_key = o.order_key AND "
+            "e.state = 'pending' AND e.id < o.id) ORDER BY id LIMIT ?",
+            (destination, now, now, limit)).fetchall()
+        return [_outbound(r) for r in rows]
+
+    def outbound_claim(self, row_id: int, seconds: float) -> bool:
+        """Take a row for `seconds` (another sender on the same store leaves it alone)."""
+        now = time.time()
+        cur = self.db.execute("UPDATE outbound SET claimed_until = ? WHERE id = ? AND "
+                              "state = 'pending' AND claimed_until <= ?",
+                              (now + seconds, row_id, now))
+        return cur.rowcount == 1
+
+    def outbound_release(self, row_id: int) -> None:
+        """Give a claimed row back (a sender stopping mid-send): due again at once."""
+        self.db.execute("UPDATE outbound SET claimed_until = 0 WHERE id = ? AND "
+                        "state = 'pending'", (row_id,))
+
+    def outbound_built(self, row_id: int, message: bytes, control_id: str) -> None:
+        self.db.execute("UPDATE outbound SET message = ?, control_id = ? WHERE id = ?",
+                        (message, control_id, row_id))
+
+    def outbound_sent(self, row_id: int, ack_code: str) -> None:
+        """The RIS accepted it (full commit: a lost mark would send it again)."""
+        self.db.execute("UPDATE outbound SET state = 'sent', ack_code = ?, error = NULL, "
+                        "sent_at = ?, claimed_until = 0 WHERE id = ?",
+                        (ack_code, time.time(), row_id))
+
+    def outbound_retry(self, row_id: int, error: str, delay: float) -> None:
+        self.db.execute("UPDATE outbound SET attempts = attempts + 1, next_at = ?, error = ?, "
+                        "claimed_until = 0 WHERE id = ? AND state = 'pending'",
+                        (time.time() + delay, error, row_id))
+
+    def outbound_dead(self, row_id: int, ack_code: str | None, error: str) -> None:
+        """Refused by the RIS (AE/AR), or not buildable: stopped until replayed."""
+        self.db.execute("UPDATE outbound SET state = 'dead', attempts = attempts + 1, "
+                        "ack_code = ?, error = ?, claimed_until = 0 WHERE id = ?",
+                        (ack_code, error, row_id))
+
+    def outbound_replay(self, row_ids: Iterable[int]) -> list[int]:
+        """Dead rows pending again, rebuilt at their next attempt (after a fix of the
+        profile or of the RIS). Returns the IDs that were dead."""
+        replayed = []
+        with self._transaction():
+            for row_id in row_ids:
+                cur = self.db.execute(
+                    "UPDATE outbound SET state = 'pending', attempts = 0, next_at = 0, "
+                    "claimed_until = 0, message = NULL, control_id = NULL, ack_code = NULL "
+                    "WHERE id = ? AND state = 'dead'", (row_id,))
+                if cur.rowcount:
+                    replayed.append(row_id)
+        return replayed
+
+    def outbound_entries(self, state: str | None = None, limit: int = 100
+                         ) -> list[OutboundRow]:
+        sql, args = "SELECT * FROM outbound", ()
+        if state:
+            sql, args = sql + " WHERE state = ?", (state,)
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_outbound(r) for r in rows]
+
+    def outbound_entry(self, row_id: int) -> OutboundRow | None:
+        row = self.db.execute("SELECT * FROM outbound WHERE id = ?", (row_id,)).fetchone()
+        return _outbound(row) if row else None
+
+    def order_message(self, item_key: str) -> bytes | None:
+        """The raw order message that last wrote the item, while the journal keeps it:
+        outbound messages echo the order's identifiers as the RIS sent them."""
+        row = self.db.execute("SELECT j.raw FROM items AS i JOIN journal AS j ON "
+                              "j.id = i.journal_id WHERE i.item_key = ?", (item_key,)).fetchone()
+        return bytes(row["raw"]) if row else None
+
+    def outbound_depth(self, destination: str) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM outbound WHERE destination = ? AND "
+                                   "state = 'pending'", (destination,)).fetchone()[0])
+
     def items_with_status(self, statuses: Iterable[str], after: str = "",
                           limit: int = -1) -> list[StoredItem]:
         """The items in any of `statuses`, in key order, from the key after `after` on, at
@@ -772,108 +875,6 @@ class Store:
             "delivered = 0, removed_at = excluded.removed_at",
             (sink, item_key, remote_id, time.time()))
 
-    # --- status to the RIS (outbound) ------------------------------------------------------
-
-    def _queue_outbound(self, event: str, uid: str, attributes: dict,
-                        item_keys: list[str]) -> None:
-        """Inside the MPPS transaction: one row per destination and per order the instance
-        performs, with the order's items and the instance as it is now."""
-        if not self.outbound_destinations or event not in self.outbound_events:
-            return
-        by_order: dict[str, list[str]] = {}
-        for key in item_keys:
-            item = self.item(key)
-            if item is not None:
-                by_order.setdefault(item.order_key, []).append(key)
-        now = time.time()
-        self.db.executemany(
-            "INSERT INTO outbound (destination, order_key, item_keys, event, mpps_uid, mpps, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(dest, order, json.dumps(keys), event, uid, json.dumps(attributes), now)
-             for dest in self.outbound_destinations for order, keys in by_order.items()])
-
-    def outbound_due(self, destination: str, limit: int = 50) -> list[OutboundRow]:
-        """Pending rows whose time has come and that no sender holds, oldest first, each
-        only when no older row of its order is still pending: in order per order."""
-        now = time.time()
-        rows = self.db.execute(
-            "SELECT * FROM outbound AS o WHERE destination = ? AND state = 'pending' AND "
-            "next_at <= ? AND claimed_until <= ? AND NOT EXISTS (SELECT 1 FROM outbound AS e "
-            "WHERE e.destination = o.destination AND e.order_key = o.order_key AND "
-            "e.state = 'pending' AND e.id < o.id) ORDER BY id LIMIT ?",
-            (destination, now, now, limit)).fetchall()
-        return [_outbound(r) for r in rows]
-
-    def outbound_claim(self, row_id: int, seconds: float) -> bool:
-        """Take a row for `seconds` (another sender on the same store leaves it alone)."""
-        now = time.time()
-        cur = self.db.execute("UPDATE outbound SET claimed_until = ? WHERE id = ? AND "
-                              "state = 'pending' AND claimed_until <= ?",
-                              (now + seconds, row_id, now))
-        return cur.rowcount == 1
-
-    def outbound_release(self, row_id: int) -> None:
-        """Give a claimed row back (a sender stopping mid-send): due again at once."""
-        self.db.execute("UPDATE outbound SET claimed_until = 0 WHERE id = ? AND "
-                        "state = 'pending'", (row_id,))
-
-    def outbound_built(self, row_id: int, message: bytes, control_id: str) -> None:
-        self.db.execute("UPDATE outbound SET message = ?, control_id = ? WHERE id = ?",
-                        (message, control_id, row_id))
-
-    def outbound_sent(self, row_id: int, ack_code: str) -> None:
-        """The RIS accepted it (full commit: a lost mark would send it again)."""
-        self.db.execute("UPDATE outbound SET state = 'sent', ack_code = ?, error = NULL, "
-                        "sent_at = ?, claimed_until = 0 WHERE id = ?",
-                        (ack_code, time.time(), row_id))
-
-    def outbound_retry(self, row_id: int, error: str, delay: float) -> None:
-        self.db.execute("UPDATE outbound SET attempts = attempts + 1, next_at = ?, error = ?, "
-                        "claimed_until = 0 WHERE id = ? AND state = 'pending'",
-                        (time.time() + delay, error, row_id))
-
-    def outbound_dead(self, row_id: int, ack_code: str | None, error: str) -> None:
-        """Refused by the RIS (AE/AR), or not buildable: stopped until replayed."""
-        self.db.execute("UPDATE outbound SET state = 'dead', attempts = attempts + 1, "
-                        "ack_code = ?, error = ?, claimed_until = 0 WHERE id = ?",
-                        (ack_code, error, row_id))
-
-    def outbound_replay(self, row_ids: Iterable[int]) -> list[int]:
-        """Dead rows pending again, rebuilt at their next attempt (after a fix of the
-        profile or of the RIS). Returns the IDs that were dead."""
-        replayed = []
-        with self._transaction():
-            for row_id in row_ids:
-                cur = self.db.execute(
-                    "UPDATE outbound SET state = 'pending', attempts = 0, next_at = 0, "
-                    "claimed_until = 0, message = NULL, control_id = NULL, ack_code = NULL "
-                    "WHERE id = ? AND state = 'dead'", (row_id,))
-                if cur.rowcount:
-                    replayed.append(row_id)
-        return replayed
-
-    def outbound_entries(self, state: str | None = None, limit: int = 100
-                         ) -> list[OutboundRow]:
-        sql, args = "SELECT * FROM outbound", ()
-        if state:
-            sql, args = sql + " WHERE state = ?", (state,)
-        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-        return [_outbound(r) for r in rows]
-
-    def outbound_entry(self, row_id: int) -> OutboundRow | None:
-        row = self.db.execute("SELECT * FROM outbound WHERE id = ?", (row_id,)).fetchone()
-        return _outbound(row) if row else None
-
-    def order_message(self, item_key: str) -> bytes | None:
-        """The raw order message that last wrote the item, while the journal keeps it:
-        outbound messages echo the order's identifiers as the RIS sent them."""
-        row = self.db.execute("SELECT j.raw FROM items AS i JOIN journal AS j ON "
-                              "j.id = i.journal_id WHERE i.item_key = ?", (item_key,)).fetchone()
-        return bytes(row["raw"]) if row else None
-
-    def outbound_depth(self, destination: str) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM outbound WHERE destination = ? AND "
-                                   "state = 'pending'", (destination,)).fetchone()[0])
 
 def _sink_state(row: sqlite3.Row) -> dict:
     d = dict(row)
