@@ -472,3 +472,26 @@ async def test_a_stopped_sender_gives_its_row_back(tmp_path: Path) -> None:
     finally:
         ris.stop()
         store.close()
+
+
+async def test_dead_messages_are_listed_shown_and_replayed_from_the_cli(bench, tmp_path: Path,
+                                                                         capsys) -> None:
+    _, proc = bench
+    db = proc.store.store
+    keys = await _order(proc, orm("M1").encode())
+    db.mpps_create("1.2.3.16", "CT01", keys, MPPS_START, "STARTED", False)
+    row = db.outbound_entries()[0]
+    db.outbound_built(row.id, b"MSH|^~\\&|HL7WB\rORC|SC\r", "WB1.X")
+    db.outbound_dead(row.id, "AE", "Order PL1 unknown here")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    assert main(["outbound", "list", "--dead", "--config", str(cfg)]) == 0
+    out, _ = capsys.readouterr()
+    assert "dead" in out and "AE" in out and "Order PL1 unknown here" in out
+    assert main(["outbound", "show", str(row.id), "--config", str(cfg)]) == 0
+    out, _ = capsys.readouterr()
+    assert "error: Order PL1 unknown here" in out and "ORC|SC" in out
+    assert main(["outbound", "replay", "--dead", "--config", str(cfg)]) == 0
+    entry = db.outbound_entry(row.id)
+    assert (entry.state, entry.message, entry.attempts) == ("pending", None, 0)
+    assert main(["outbound", "replay", str(row.id), "--config", str(cfg)]) == 1  # not dead
