@@ -741,6 +741,12 @@ class Store:
                               "j.id = i.journal_id WHERE i.item_key = ?", (item_key,)).fetchone()
         return bytes(row["raw"]) if row else None
 
+    def purge_outbound(self, before: float) -> int:
+        """Delete messages the RIS accepted before `before` (journal retention)."""
+        cur = self.db.execute("DELETE FROM outbound WHERE state = 'sent' AND sent_at < ?",
+                              (before,))
+        return cur.rowcount
+
     def outbound_depth(self, destination: str) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM outbound WHERE destination = ? AND "
                                    "state = 'pending'", (destination,)).fetchone()[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import time
 from pathlib import Path
 
 import hl7
@@ -495,3 +496,16 @@ async def test_dead_messages_are_listed_shown_and_replayed_from_the_cli(bench, t
     entry = db.outbound_entry(row.id)
     assert (entry.state, entry.message, entry.attempts) == ("pending", None, 0)
     assert main(["outbound", "replay", str(row.id), "--config", str(cfg)]) == 1  # not dead
+
+
+async def test_accepted_messages_leave_with_the_journal_retention(bench) -> None:
+    _, proc = bench
+    db = proc.store.store
+    keys = await _order(proc, orm("M1").encode())
+    db.mpps_create("1.2.3.17", "CT01", keys, MPPS_START, "STARTED", False)
+    db.mpps_set("1.2.3.17", "COMPLETED", MPPS_END, None)
+    started, completed = sorted(db.outbound_entries(), key=lambda r: r.id)
+    db.outbound_sent(started.id, "AA")
+    db.outbound_dead(completed.id, "AE", "no")
+    assert db.purge_outbound(time.time() + 1) == 1
+    assert [r.id for r in db.outbound_entries()] == [completed.id]  # the refused one stays
