@@ -47,6 +47,21 @@ def outbox_options(config: Config, sink: Sink) -> dict[str, float]:
     return {}
 
 
+def outbound_worker(config: Config, store: AsyncStore):
+    """The RIS sender when `ris.enabled`; its profile is checked at start-up."""
+    if not config.ris.enabled:
+        return None
+    from bridge.outbound.profile import load_outbound, profile_file
+    from bridge.outbound.worker import OutboundWorker
+
+    ris = config.ris
+    profile = load_outbound(profile_file(ris.profile, config.mappings.dir))
+    store.store.outbound_destinations = (ris.name,)
+    store.store.outbound_events = frozenset(
+        e for e in ("in_progress", "completed", "discontinued") if getattr(ris, e).send)
+    return OutboundWorker(ris, profile, store)
+
+
 class Bridge:
     def __init__(self, config: Config):
         self.config = config
@@ -58,6 +73,10 @@ class Bridge:
         self.store.store.sinks = [s.name for s in self.sinks]
         self.workers = [OutboxWorker(s, self.store, **outbox_options(config, s))
                         for s in self.sinks]
+        # Status back to the RIS: MPPS events queued in the store, sent by their own worker.
+        self.outbound = outbound_worker(config, self.store)
+        if self.outbound is not None:
+            self.workers.append(self.outbound)  # type: ignore[arg-type]  # same start/stop
         # Called with the item writes of every commit (the SCP's index subscribes here).
         self.change_listeners: list[Callable[[Sequence[ItemWrite]], None]] = []
         self.processor = Processor(config, self.profiles, self.store, self._committed)
@@ -92,6 +111,8 @@ class Bridge:
         Connections stay open: the processor reads `profiles` per message. An invalid set
         is refused whole, the previous good one stays in use, and the log says why.
         """
+        if self.outbound is not None:  # SIGHUP: the outbound profile too (its own folder)
+            self.outbound.reload()
         try:
             profiles = load_profiles(self.config.mappings.dir)
         except MappingError as exc:

@@ -329,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="list as JSON, with each dataset")
     _add_config(p)
     p.set_defaults(func=_worklist)
+
+    from bridge.outbound import commands as outbound  # status to the RIS
+
+    outbound.add_parser(sub)
+
     p = sub.add_parser("translate", help="dry run: map one HL7 message and print the items")
     p.add_argument("message", type=Path, help="a file with one HL7 message")
     source = p.add_mutually_exclusive_group()

@@ -294,6 +294,64 @@ class JournalConfig(_Section):
     retention_days: float = Field(90, ge=0)
 
 
+# --- status back to the RIS (bridge/outbound/, README "Status back to the RIS") ----------
+
+class RisTlsConfig(_Section):
+    enabled: bool = False  # MLLP over TLS to the RIS
+    ca_file: Path | None = None  # CAs that sign the RIS's certificate (None: system CAs)
+    certfile: Path | None = None  # a client certificate to present, when the RIS wants one
+    keyfile: Path | None = None  # its private key (None: inside certfile)
+    check_hostname: bool = True  # the certificate must name ris.host
+
+
+class RisEvent(_Section):
+    """What one MPPS event sends: the ORC-1 and ORC-5 codes (profile sources event.control,
+    event.status); `send: false` sends nothing for it."""
+
+    send: bool = True
+    control: str = Field("SC", pattern=r"^[A-Z]{2}$")
+    status: str = Field("", pattern=r"^[A-Z]{0,2}$")
+
+
+class RisConfig(_Section):
+    enabled: bool = False
+    # Deliveries are kept per destination: "ris" is this one (more may follow).
+    name: str = Field("ris", pattern=r"^[A-Za-z0-9_.-]+$")
+    host: str = "127.0.0.1"
+    port: int = Field(2576, ge=1, le=65535)
+    tls: RisTlsConfig = RisTlsConfig()
+    # Outbound profile (a file of mappings/outbound/, or a path) that builds each message.
+    profile: str = "outbound-orm-status"
+    charset: str = "8859/1"  # MSH-18 of the messages and the bytes they are written in
+    sending_application: str = "HL7WB"  # MSH-3
+    sending_facility: str = ""  # MSH-4
+    receiving_application: str = ""  # MSH-5
+    receiving_facility: str = ""  # MSH-6
+    processing_id: Literal["P", "T", "D"] = "P"  # MSH-11
+    connect_timeout: float = Field(10.0, gt=0)
+    ack_timeout: float = Field(30.0, gt=0)  # no ACK by then: retried later
+    # Retries while the RIS is down or silent: exponential backoff between these (seconds).
+    min_backoff: float = Field(2.0, gt=0)
+    max_backoff: float = Field(300.0, gt=0)
+    # MPPS event -> ORC-1 / ORC-5. DISCONTINUED is a status change (SC) with ORC-5 DC, not
+    # a discontinue request: the RIS decides what happens to its order.
+    in_progress: RisEvent = RisEvent(control="SC", status="IP")
+    completed: RisEvent = RisEvent(control="SC", status="CM")
+    discontinued: RisEvent = RisEvent(control="SC", status="DC")
+
+    @field_validator("charset")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from bridge.decoding import UnknownCharset, lookup_charset
+
+        try:
+            lookup_charset(value)
+        except UnknownCharset:
+            raise ValueError(f"unknown HL7 character set {value!r} (e.g. 8859/1, "
+                             "UNICODE UTF-8)") from None
+        return value
+
+
 class Config(_Section):
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -308,6 +366,7 @@ class Config(_Section):
     sinks: SinksConfig = SinksConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     journal: JournalConfig = JournalConfig()
+    ris: RisConfig = RisConfig()  # status back to the RIS (off by default)
     metrics: MetricsConfig = MetricsConfig()
 
     @property
@@ -331,6 +390,9 @@ class Config(_Section):
         tls = self.mllp.tls
         tls.certfile, tls.keyfile, tls.ca_file = (rel(tls.certfile), rel(tls.keyfile),
                                                   rel(tls.ca_file))
+        ris = self.ris.tls
+        ris.ca_file, ris.certfile, ris.keyfile = (rel(ris.ca_file), rel(ris.certfile),
+                                                  rel(ris.keyfile))
         self.sinks.orthanc.ca_bundle = rel(self.sinks.orthanc.ca_bundle)
         return self
 

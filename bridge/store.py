@@ -104,6 +104,36 @@ CREATE TABLE IF NOT EXISTS mpps_items (
 CREATE INDEX IF NOT EXISTS mpps_items_item ON mpps_items (item_key);
 """
 
+# Status messages to the RIS (bridge/outbound/): one row per order and MPPS event, queued
+# in the transaction that records the MPPS change. The message is built at the first
+# attempt and kept, so every retry sends the same bytes and control ID; a row the RIS
+# acknowledged (sent) is never sent again.
+OUTBOUND_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbound (
+    id            INTEGER PRIMARY KEY,
+    destination   TEXT NOT NULL,
+    order_key     TEXT NOT NULL,
+    item_keys     TEXT NOT NULL,      -- JSON list: the order's items the MPPS performs
+    event         TEXT NOT NULL,      -- in_progress | completed | discontinued
+    mpps_uid      TEXT NOT NULL,
+    mpps          TEXT NOT NULL,      -- DICOM JSON of the instance at that event
+    created_at    REAL NOT NULL,
+    state         TEXT NOT NULL DEFAULT 'pending',  -- pending | sent | dead
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    next_at       REAL NOT NULL DEFAULT 0,
+    claimed_until REAL NOT NULL DEFAULT 0,  -- a sender is on it until then
+    message       BLOB,               -- the bytes sent (built at the first attempt)
+    control_id    TEXT,
+    ack_code      TEXT,
+    error         TEXT,
+    sent_at       REAL
+);
+CREATE INDEX IF NOT EXISTS outbound_due ON outbound (destination, state, id);
+CREATE INDEX IF NOT EXISTS outbound_order ON outbound (destination, order_key, state, id);
+"""
+# Created with the MPPS tables at start-up: status messages are queued with MPPS changes.
+MPPS_SCHEMA += OUTBOUND_SCHEMA
+
 # Columns added after the first release: (table, column, definition, what existing rows get).
 # The start-up adds the ones a store lacks; existing files keep opening.
 COLUMNS = [
@@ -225,6 +255,36 @@ class OutboxRow:
     attempts: int
 
 
+@dataclass
+class OutboundRow:
+    """One status message to a RIS (bridge/outbound/)."""
+
+    id: int
+    destination: str
+    order_key: str
+    item_keys: list[str]
+    event: str
+    mpps_uid: str
+    mpps: dict
+    created_at: float
+    state: str
+    attempts: int
+    next_at: float
+    message: bytes | None
+    control_id: str | None
+    ack_code: str | None
+    error: str | None
+    sent_at: float | None
+
+
+def _outbound(row: sqlite3.Row) -> OutboundRow:
+    d = dict(row)
+    d.pop("claimed_until")
+    d["item_keys"] = json.loads(d["item_keys"])
+    d["mpps"] = json.loads(d["mpps"])
+    return OutboundRow(**d)
+
+
 def _sps_start(dataset: dict) -> str:
     steps = dataset.get("ScheduledProcedureStepSequence") or [{}]
     step = steps[0] if isinstance(steps, list) and steps else {}
@@ -261,6 +321,11 @@ def _item(row: sqlite3.Row) -> StoredItem:
 
 
 class Store:
+    # RIS destinations that get MPPS status messages (none: nothing is queued), and the
+    # events they get; the bridge sets both from `ris.*` (app.py).
+    outbound_destinations: tuple[str, ...] = ()
+    outbound_events: frozenset[str] = frozenset({"in_progress", "completed", "discontinued"})
+
     def __init__(self, path: Path, sinks: Iterable[str] = ()):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -573,6 +638,7 @@ class Store:
                                 [(uid, key) for key in item_keys])
             writes = self._status_writes(item_keys, status, visible, None)
             self._write_items(writes, None)
+            self._queue_outbound("in_progress", uid, attributes, item_keys)
         return writes
 
     def mpps_set(self, uid: str, state: str, modifications: dict,
@@ -587,6 +653,7 @@ class Store:
             if mpps.state in MPPS_FINAL:
                 raise MppsFinal(f"MPPS {uid} is {mpps.state}")
             mpps.attributes.update(modifications)
+            changed = bool(state) and state != mpps.state
             mpps.state = state or mpps.state
             mpps.updated_at = time.time()
             self.db.execute("UPDATE mpps SET state = ?, attributes = ?, updated_at = ? "
@@ -596,6 +663,9 @@ class Store:
             if item_status is not None:
                 writes = self._status_writes(mpps.item_keys, *item_status)
                 self._write_items(writes, None)
+            if changed:
+                self._queue_outbound(mpps.state.lower().replace(" ", "_"), uid,
+                                     mpps.attributes, mpps.item_keys)
         return mpps, writes
 
     def mpps(self, uid: str) -> Mpps | None:
@@ -610,6 +680,115 @@ class Store:
     def mpps_of_item(self, item_key: str) -> list[str]:
         return [r["uid"] for r in self.db.execute(
             "SELECT uid FROM mpps_items WHERE item_key = ? ORDER BY rowid", (item_key,))]
+
+    # --- status to the RIS (outbound) ------------------------------------------------------
+
+    def _queue_outbound(self, event: str, uid: str, attributes: dict,
+                        item_keys: list[str]) -> None:
+        """Inside the MPPS transaction: one row per destination and per order the instance
+        performs, with the order's items and the instance as it is now."""
+        if not self.outbound_destinations or event not in self.outbound_events:
+            return
+        by_order: dict[str, list[str]] = {}
+        for key in item_keys:
+            item = self.item(key)
+            if item is not None:
+                by_order.setdefault(item.order_key, []).append(key)
+        now = time.time()
+        self.db.executemany(
+            "INSERT INTO outbound (destination, order_key, item_keys, event, mpps_uid, mpps, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(dest, order, json.dumps(keys), event, uid, json.dumps(attributes), now)
+             for dest in self.outbound_destinations for order, keys in by_order.items()])
+
+    def outbound_due(self, destination: str, limit: int = 50) -> list[OutboundRow]:
+        """Pending rows whose time has come and that no sender holds, oldest first, each
+        only when no older row of its order is still pending: in order per order."""
+        now = time.time()
+        rows = self.db.execute(
+            "SELECT * FROM outbound AS o WHERE destination = ? AND state = 'pending' AND "
+            "next_at <= ? AND claimed_until <= ? AND NOT EXISTS (SELECT 1 FROM outbound AS e "
+            "WHERE e.destination = o.destination AND e.order_key = o.order_key AND "
+            "e.state = 'pending' AND e.id < o.id) ORDER BY id LIMIT ?",
+            (destination, now, now, limit)).fetchall()
+        return [_outbound(r) for r in rows]
+
+    def outbound_claim(self, row_id: int, seconds: float) -> bool:
+        """Take a row for `seconds` (another sender on the same store leaves it alone)."""
+        now = time.time()
+        cur = self.db.execute("UPDATE outbound SET claimed_until = ? WHERE id = ? AND "
+                              "state = 'pending' AND claimed_until <= ?",
+                              (now + seconds, row_id, now))
+        return cur.rowcount == 1
+
+    def outbound_release(self, row_id: int) -> None:
+        """Give a claimed row back (a sender stopping mid-send): due again at once."""
+        self.db.execute("UPDATE outbound SET claimed_until = 0 WHERE id = ? AND "
+                        "state = 'pending'", (row_id,))
+
+    def outbound_built(self, row_id: int, message: bytes, control_id: str) -> None:
+        self.db.execute("UPDATE outbound SET message = ?, control_id = ? WHERE id = ?",
+                        (message, control_id, row_id))
+
+    def outbound_sent(self, row_id: int, ack_code: str) -> None:
+        """The RIS accepted it (full commit: a lost mark would send it again)."""
+        self.db.execute("UPDATE outbound SET state = 'sent', ack_code = ?, error = NULL, "
+                        "sent_at = ?, claimed_until = 0 WHERE id = ?",
+                        (ack_code, time.time(), row_id))
+
+    def outbound_retry(self, row_id: int, error: str, delay: float) -> None:
+        self.db.execute("UPDATE outbound SET attempts = attempts + 1, next_at = ?, error = ?, "
+                        "claimed_until = 0 WHERE id = ? AND state = 'pending'",
+                        (time.time() + delay, error, row_id))
+
+    def outbound_dead(self, row_id: int, ack_code: str | None, error: str) -> None:
+        """Refused by the RIS (AE/AR), or not buildable: stopped until replayed."""
+        self.db.execute("UPDATE outbound SET state = 'dead', attempts = attempts + 1, "
+                        "ack_code = ?, error = ?, claimed_until = 0 WHERE id = ?",
+                        (ack_code, error, row_id))
+
+    def outbound_replay(self, row_ids: Iterable[int]) -> list[int]:
+        """Dead rows pending again, rebuilt at their next attempt (after a fix of the
+        profile or of the RIS). Returns the IDs that were dead."""
+        replayed = []
+        with self._transaction():
+            for row_id in row_ids:
+                cur = self.db.execute(
+                    "UPDATE outbound SET state = 'pending', attempts = 0, next_at = 0, "
+                    "claimed_until = 0, message = NULL, control_id = NULL, ack_code = NULL "
+                    "WHERE id = ? AND state = 'dead'", (row_id,))
+                if cur.rowcount:
+                    replayed.append(row_id)
+        return replayed
+
+    def outbound_entries(self, state: str | None = None, limit: int = 100
+                         ) -> list[OutboundRow]:
+        sql, args = "SELECT * FROM outbound", ()
+        if state:
+            sql, args = sql + " WHERE state = ?", (state,)
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_outbound(r) for r in rows]
+
+    def outbound_entry(self, row_id: int) -> OutboundRow | None:
+        row = self.db.execute("SELECT * FROM outbound WHERE id = ?", (row_id,)).fetchone()
+        return _outbound(row) if row else None
+
+    def order_message(self, item_key: str) -> bytes | None:
+        """The raw order message that last wrote the item, while the journal keeps it:
+        outbound messages echo the order's identifiers as the RIS sent them."""
+        row = self.db.execute("SELECT j.raw FROM items AS i JOIN journal AS j ON "
+                              "j.id = i.journal_id WHERE i.item_key = ?", (item_key,)).fetchone()
+        return bytes(row["raw"]) if row else None
+
+    def purge_outbound(self, before: float) -> int:
+        """Delete messages the RIS accepted before `before` (journal retention)."""
+        cur = self.db.execute("DELETE FROM outbound WHERE state = 'sent' AND sent_at < ?",
+                              (before,))
+        return cur.rowcount
+
+    def outbound_depth(self, destination: str) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM outbound WHERE destination = ? AND "
+                                   "state = 'pending'", (destination,)).fetchone()[0])
 
     def items_with_status(self, statuses: Iterable[str], after: str = "",
                           limit: int = -1) -> list[StoredItem]:
