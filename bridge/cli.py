@@ -61,10 +61,10 @@ def _init(args: argparse.Namespace) -> int:
         return 2
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PACKAGED_CONFIG, config)
-    mappings.mkdir(exist_ok=True)
-    for file in sorted(source.iterdir()):
-        if file.suffix in (".yaml", ".yml", ".csv"):
-            shutil.copyfile(file, mappings / file.name)
+    # Profiles, their lookup tables and the outbound profiles' subfolder, as shipped.
+    shutil.copytree(source, mappings, dirs_exist_ok=True,
+                    ignore=lambda folder, names: [n for n in names if n.startswith(".")
+                                                  or n == "__pycache__"])
     print(f"wrote {config} and {mappings}/; start with:\n"
           f"  hl7-worklist-bridge serve --config {config}")
     return 0
