@@ -74,7 +74,7 @@ def _with_text(folder: Path, text: str, name: str):
     """The mapping folder's profiles with `name` replaced by `text`, loaded from a copy:
     errors name `name` and its line, as they would once saved."""
     if not name.endswith((".yaml", ".yml")) or "/" in name or "\\" in name:
-        raise MappingError(f"{name}: a mapping file name ends in .yaml, without a folder")
+        raise MappingError([f"{name}: a mapping file name ends in .yaml, without a folder"])
     with tempfile.TemporaryDirectory(prefix="bridge-playground-") as tmp:
         copy = Path(tmp) / "mappings"
         shutil.copytree(folder, copy)
@@ -82,7 +82,8 @@ def _with_text(folder: Path, text: str, name: str):
         try:
             return load_profiles(copy)
         except MappingError as exc:
-            raise MappingError(str(exc).replace(str(copy), str(folder))) from None
+            raise MappingError([p.replace(str(copy), str(folder)) for p in exc.problems]
+                               ) from None
 
 
 def segments(raw: bytes, config) -> list[list[str]]:
