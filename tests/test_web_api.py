@@ -261,3 +261,41 @@ def test_access_log_carries_no_patient_data(web: Web, caplog) -> None:
     lines = [r.getMessage() for r in caplog.records if r.name == "bridge.web.access"]
     assert any(line.startswith("GET /api/items/{key:path} 200 vera") for line in lines)
     assert lines and not any("PAT1" in line or "A1" in line for line in lines)
+
+
+def test_console_pages_need_a_login_and_render(web: Web) -> None:
+    browser = httpx.Client(base_url=web.base, timeout=30)
+    assert browser.get("/").headers["location"] == "/login"
+    assert browser.get("/messages").status_code == 303
+    assert "user add NAME" not in browser.get("/login").text  # users exist
+    browser.post("/login", data={"name": "vera", "password": PASSWORDS["vera"]})
+    failed = browser.get("/api/journal", params={"status": "failed"}).json()["entries"][0]
+    key = browser.get("/api/items").json()["items"][0]["key"]
+    for path, expected in [("/", "Messages per minute"),
+                           ("/messages?status=failed", FAILING),
+                           (f"/messages/{failed['id']}", 'title="OBR-24"'),
+                           ("/worklist?modality=CT", "ACC-A3"),
+                           (f"/worklist/{key}", "made by"),
+                           (f"/playground?journal={failed['id']}", "OBR-24"),
+                           ("/playground?edit=ihe-orm-o01", "ihe-orm-o01.yaml")]:
+        page = browser.get(path)
+        assert page.status_code == 200, path
+        assert expected in page.text, path
+    # A viewer sees no replay button and cannot replay through the console either.
+    assert 'id="replay"' not in browser.get(f"/messages/{failed['id']}").text
+    csrf = web.running.bridge.http.app.state.sessions
+    token = next(iter(csrf.by_token.values())).csrf
+    assert browser.post(f"/messages/{failed['id']}/replay", data={"csrf": token}
+                        ).status_code == 403
+
+
+def test_console_without_users_says_how_to_create_one(tmp_path) -> None:
+    from bridge.store import Store
+
+    with running_web(tmp_path) as web:
+        store = Store(web.running.config.store_path)
+        for name in PASSWORDS:
+            store.user_delete(name)
+        store.close()
+        assert "hl7-worklist-bridge user add NAME --role admin --password-stdin" in \
+            httpx.get(f"{web.base}/login").text

@@ -86,6 +86,7 @@ def create_app(bridge: Bridge) -> FastAPI:
     app.state.own_index = bridge.scp is None
     for module in (auth, status, items, journal, translate, dicomweb, console):
         app.include_router(module.router)
+    app.add_exception_handler(console.LoginNeeded, console.login_needed)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.middleware("http")
