@@ -203,7 +203,7 @@ def test_translate(web: Web) -> None:
 def test_status(web: Web) -> None:
     status = client(web, "vera").get("/api/status").json()
     assert status["listener"]["port"] == web.running.port
-    assert status["scp"]["enabled"] and status["scp"]["items"] == 3
+    assert status["scp"]["enabled"] and status["scp"]["worklist_items"] == 3
     assert status["sinks"]["folder"]["dead"] == 0
     assert status["store"]["failed_last_hour"] == 1
     assert "ihe-orm-o01" in [p["name"] for p in status["mappings"]["profiles"]]

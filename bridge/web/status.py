@@ -49,7 +49,7 @@ async def status_of(request: Request) -> dict:
                      "connections": len(bridge.mllp.connections)},
         "scp": {"enabled": bridge.scp is not None, "port": bridge.scp_port,
                 "ae_title": bridge.config.scp.ae_title,
-                "items": len(request.app.state.scp.index)},
+                "worklist_items": len(request.app.state.scp.index)},
         "sinks": sinks,
         "store": {"path": str(bridge.config.store_path),
                   "failed_last_hour": (await store.run(
