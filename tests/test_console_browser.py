@@ -56,6 +56,14 @@ def shoot(driver: webdriver.Chrome, folder: Path, name: str) -> None:
     driver.set_window_size(1400, 1000)
 
 
+def navigated_from(driver: webdriver.Chrome, wait: WebDriverWait, action) -> None:
+    """Run `action` and wait until its page has replaced the current one (elements of the
+    old page could otherwise be found, and go stale, in between)."""
+    old = driver.find_element(By.TAG_NAME, "main")
+    action()
+    wait.until(ready.staleness_of(old))
+
+
 def text(driver: webdriver.Chrome, element_id: str) -> str:
     return driver.find_element(By.ID, element_id).text
 
@@ -77,7 +85,7 @@ def test_an_integrators_day(browser: webdriver.Chrome, web: Web, tmp_path: Path)
     # Find the failed message by its control ID.
     browser.find_element(By.ID, "nav-messages").click()
     browser.find_element(By.ID, "f-control-id").send_keys(FAILING)
-    browser.find_element(By.ID, "f-search").click()
+    navigated_from(browser, wait, lambda: browser.find_element(By.ID, "f-search").click())
     rows = browser.find_elements(By.CSS_SELECTOR, "#messages tr.status-failed")
     assert len(rows) == 1
     shoot(browser, shots, "messages")
@@ -120,7 +128,7 @@ def test_an_integrators_day(browser: webdriver.Chrome, web: Web, tmp_path: Path)
     browser.find_element(By.ID, "open-playground").click()
     wait.until(ready.presence_of_element_located((By.ID, "translate")))
     assert "ACC-F1" in browser.find_element(By.ID, "message").get_attribute("value")
-    browser.find_element(By.ID, "translate").click()
+    navigated_from(browser, wait, lambda: browser.find_element(By.ID, "translate").click())
     wait.until(ready.presence_of_element_located((By.ID, "trace-profile")))
     assert text(browser, "trace-profile") == "ihe-orm-o01"
     trace = browser.find_element(By.CSS_SELECTOR, "table.trace").text

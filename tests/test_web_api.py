@@ -250,6 +250,10 @@ def test_sessions_csrf_and_expiry(web: Web) -> None:
     assert sessions.by_token == {}
     wrong = httpx.post(f"{web.base}/login", data={"name": "otto", "password": "nope"})
     assert wrong.status_code == 303 and "error" in wrong.headers["location"]
+    # A login form posted from another site is refused (login CSRF).
+    assert httpx.post(f"{web.base}/login", data={"name": "otto",
+                                                 "password": PASSWORDS["otto"]},
+                      headers={"Origin": "https://evil.example"}).status_code == 403
 
 
 def test_access_log_carries_no_patient_data(web: Web, caplog) -> None:

@@ -17,6 +17,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -35,6 +36,7 @@ COOKIE = "bridge_session"
 CSRF_HEADER = "X-CSRF-Token"
 FAILURE_WINDOW = 15 * 60.0  # seconds over which failed logins count
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_TRACKED = 10_000  # (name, address) pairs with recent failures kept in memory
 
 
 @dataclass
@@ -75,6 +77,10 @@ class Sessions:
         return bool(recent) and len(recent) >= self.config.max_failed_logins
 
     def failed(self, name: str, address: str) -> None:
+        if len(self.failures) > MAX_TRACKED:  # many made-up names: forget the stale ones
+            for key in [k for k, v in self.failures.items()
+                        if not v or v[-1] < time.time() - FAILURE_WINDOW]:
+                del self.failures[key]
         self.failures.setdefault((name, address), deque()).append(time.time())
 
     def succeeded(self, name: str, address: str) -> None:
@@ -170,8 +176,16 @@ async def login_page(request: Request, error: str = "") -> Response:
     return render(request, "login.html", error=error, no_users=no_users)
 
 
+def _same_origin(request: Request) -> bool:
+    """A browser's form post from another site (login CSRF) carries that site's Origin."""
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+
+
 @router.post("/login", include_in_schema=False)
 async def login(request: Request) -> Response:
+    if not _same_origin(request):
+        raise HTTPException(403, "login from another site refused")
     form = await request.form()
     name, password = str(form.get("name", "")), str(form.get("password", ""))
     try:
