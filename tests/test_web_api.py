@@ -303,3 +303,52 @@ def test_console_without_users_says_how_to_create_one(tmp_path) -> None:
         store.close()
         assert "hl7-worklist-bridge user add NAME --role admin --password-stdin" in \
             httpx.get(f"{web.base}/login").text
+
+
+def test_users_api_for_admins(web: Web, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.audit")
+    admin = client(web, "ada")
+    created = admin.post("/api/users", json={"name": "nina", "role": "operator",
+                                             "password": "nina-password"})
+    assert created.status_code == 201
+    assert httpx.get(f"{web.base}/api/items", auth=("nina", "nina-password")).status_code \
+        == 200
+    assert admin.post("/api/users", json={"name": "nina", "password": "another-one"}
+                      ).status_code == 422
+    assert admin.post("/api/users", json={"name": "x", "role": "root",
+                                          "password": "long enough"}).status_code == 422
+    assert client(web, "otto").post("/api/users", json={
+        "name": "eve", "password": "eve-password"}).status_code == 403
+    assert admin.delete("/api/users/nina").status_code == 200
+    # A deleted user is refused at once.
+    assert httpx.get(f"{web.base}/api/items", auth=("nina", "nina-password")).status_code \
+        == 401
+    assert admin.delete("/api/users/nina").status_code == 404
+    assert "user ada added user nina (operator)" in caplog.text
+    assert "user ada deleted user nina" in caplog.text
+
+
+def test_operator_changes_are_history_without_a_message(web: Web) -> None:
+    api, operator = client(web, "vera"), client(web, "otto")
+    key = api.get("/api/items", params={"accession": "ACC-A2"}).json()["items"][0]["key"]
+    assert operator.delete(f"/api/items/{key}").status_code == 200
+    history = api.get(f"/api/items/{key}").json()["history"]
+    assert [(h["status"], h["journal_id"] is None) for h in history] == \
+        [("SCHEDULED", False), ("DISCONTINUED", True)]
+
+
+def test_https(tmp_path) -> None:
+    from tls_certs import TestCA
+
+    ca = TestCA(tmp_path / "pki")
+    server = ca.issue("localhost", server=True)
+    with running_web(tmp_path / "run", http__tls__certfile=str(server.cert),
+                     http__tls__keyfile=str(server.key)) as web:
+        url = web.base.replace("http://127.0.0.1", "https://localhost")
+        answer = httpx.get(f"{url}/healthz", verify=str(ca.ca_file), timeout=30)
+        assert answer.json()["status"] == "ok"
+        login = httpx.post(f"{url}/login", verify=str(ca.ca_file), timeout=30,
+                           data={"name": "vera", "password": PASSWORDS["vera"]})
+        assert "secure" in login.headers["set-cookie"].lower()
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{web.base}/healthz", timeout=10)  # plain HTTP is not served
