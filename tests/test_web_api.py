@@ -352,3 +352,26 @@ def test_https(tmp_path) -> None:
         assert "secure" in login.headers["set-cookie"].lower()
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{web.base}/healthz", timeout=10)  # plain HTTP is not served
+
+
+def test_manual_item_from_the_console(web: Web, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.audit")
+    browser = httpx.Client(base_url=web.base, timeout=30)
+    browser.post("/login", data={"name": "otto", "password": PASSWORDS["otto"]})
+    page = browser.get("/worklist").text
+    assert 'id="manual-create"' in page
+    sessions = web.running.bridge.http.app.state.sessions
+    csrf = next(iter(sessions.by_token.values())).csrf
+    form = {"PatientID": "DT1", "PatientName": "DOWN^TIME", "AccessionNumber": "MAN-7",
+            "Modality": "CR", "ScheduledStationAETitle": "CR01",
+            "ScheduledProcedureStepStartDate": "2024-02-01",
+            "ScheduledProcedureStepStartTime": "09:30"}
+    assert browser.post("/worklist-new", data=form).status_code == 403  # no CSRF token
+    made = browser.post("/worklist-new", data={**form, "csrf": csrf})
+    assert made.status_code == 303
+    item = client(web, "vera").get("/api/items", params={"accession": "MAN-7"}).json()[
+        "items"][0]
+    step = item["dataset"]["ScheduledProcedureStepSequence"][0]
+    assert (step["Modality"], step["ScheduledProcedureStepStartDate"],
+            step["ScheduledProcedureStepStartTime"]) == ("CR", "20240201", "0930")
+    assert f"user otto created manual item {item['key']}" in caplog.text

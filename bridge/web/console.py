@@ -141,7 +141,7 @@ async def worklist(request: Request) -> Response:
     offset = max(int(q.get("offset") or 0), 0) if (q.get("offset") or "0").isdigit() else 0
     found = await items.search(request, f, PAGE, offset)
     return render(request, "worklist.html", page="worklist", found=found, q=q,
-                  query=_without_offset(request))
+                  query=_without_offset(request), manual=MANUAL_TOP + MANUAL_STEP)
 
 
 @router.get("/worklist/{key:path}")
@@ -157,6 +157,31 @@ async def delete(request: Request) -> Response:
     user = await page_user(request, Role.operator)
     key = str((await request.form()).get("key", ""))
     await items.delete(request, key, user)
+    return RedirectResponse(f"/worklist/{quote(key, safe='')}", status_code=303)
+
+
+MANUAL_TOP = ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
+              "RequestedProcedureID", "RequestedProcedureDescription"]
+MANUAL_STEP = ["Modality", "ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
+               "ScheduledProcedureStepStartTime", "ScheduledProcedureStepID",
+               "ScheduledProcedureStepDescription"]
+
+
+@router.post("/worklist-new")
+async def new_item(request: Request) -> Response:
+    """A manual item for RIS downtime, from the worklist page's form (operator)."""
+    user = await page_user(request, Role.operator)
+    form = await request.form()
+
+    def value(name: str) -> str:
+        text = str(form.get(name, "")).strip()
+        return text.replace("-", "").replace(":", "") if name.endswith(("Date", "Time")) \
+            else text
+
+    dataset: dict = {k: value(k) for k in MANUAL_TOP if value(k)}
+    dataset["ScheduledProcedureStepSequence"] = [{k: value(k) for k in MANUAL_STEP
+                                                  if value(k)}]
+    key = await items.create(request, dataset, user)
     return RedirectResponse(f"/worklist/{quote(key, safe='')}", status_code=303)
 
 
