@@ -140,6 +140,9 @@ class HttpServer:
         except SystemExit as exc:  # uvicorn exits when it cannot bind
             raise OSError(f"cannot listen on {self.config.host}:{self.config.port}") from exc
         self.server = server
+        if not await self.bridge.store.run(self.bridge.store.store.users):
+            log.warning("no console user yet: hl7-worklist-bridge user add NAME --role admin "
+                        "--password-stdin")
         self._tasks = [asyncio.create_task(server.main_loop()),
                        asyncio.create_task(self.app.state.sampler.run())]
         return server.servers[0].sockets[0].getsockname()[1]
