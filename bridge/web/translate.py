@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from bridge.decoding import DecodeError, UnknownCharset, decode
 from bridge.mapping import dryrun
@@ -23,6 +23,9 @@ router = APIRouter(tags=["translate"])
 
 
 class TraceLine(BaseModel):
+    # The mapping's trace may grow fields (as the CLI's does): they pass through.
+    model_config = ConfigDict(extra="allow")
+
     attribute: str
     value: object
     source: str  # the HL7 path (or value, template, uid) the attribute came from
