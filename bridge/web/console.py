@@ -72,6 +72,7 @@ async def dashboard(request: Request) -> Response:
     await page_user(request)
     bridge = request.app.state.bridge
     now = time.time()
+    request.app.state.sampler.sample()  # the current minute counts up to now
     per_minute = await bridge.store.run(bridge.store.store.journal_per_minute, now - 3600)
     minutes: dict[int, dict[str, int]] = {}
     for minute, code, count in per_minute:
@@ -79,7 +80,8 @@ async def dashboard(request: Request) -> Response:
     first = int(now // 60) - 59
     chart = [(m * 60, minutes.get(m, {})) for m in range(first, first + 60)]
     peak = max([sum(c.values()) for _, c in chart] + [1])
-    queries = request.app.state.sampler.per_minute()[-60:]
+    sampled = {int(at // 60): n for at, n in request.app.state.sampler.per_minute()}
+    queries = [(m * 60, sampled.get(m, 0)) for m in range(first, first + 60)]
     return render(request, "dashboard.html", page="dashboard",
                   state=await status.status_of(request), chart=chart, peak=peak,
                   queries=queries, query_peak=max([q for _, q in queries] + [1]),
