@@ -14,7 +14,7 @@ from bridge.housekeeping import Housekeeper
 from bridge.listener import Limits, MllpServer
 from bridge.mapping.loader import MappingError, load_profiles
 from bridge.mapping.watch import watch
-from bridge.metrics import Metrics, MetricsServer
+from bridge.metrics import Metrics
 from bridge.outbox import OutboxWorker
 from bridge.processor import Processor
 from bridge.scp.service import ScpService
@@ -24,6 +24,7 @@ from bridge.sinks.orthanc import OrthancSink
 from bridge.store import AsyncStore, ItemWrite, StorageFull, Store
 from bridge.tls import server_context
 from bridge.validate import warm_up
+from bridge.web import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,7 @@ class Bridge:
         # the same listeners as the bridge's own commits.
         self.housekeeper = Housekeeper(config, self.store, self._committed)
         self._watcher: asyncio.Task | None = None
-        self.metrics_server = MetricsServer(self.metrics, self.health)
-        self.metrics_port: int | None = None
+        self.mapping_error: str | None = None  # the last reload's, for the console
         if mllp.strict or mllp.strict_senders:
             warm_up()
         # Built-in MWL SCP: its index follows every commit.
@@ -104,6 +104,9 @@ class Bridge:
         if self.scp is not None:
             self.change_listeners.append(self.scp.index.apply)
         self.scp_port: int | None = None
+        # Console, API, DICOMweb, /metrics and /healthz (bridge/web/).
+        self.http = HttpServer(self, config.http) if config.http.enabled else None
+        self.http_port: int | None = None
 
     def reload_mappings(self) -> bool:
         """Load the mapping folder again and use it for the next message.
@@ -117,11 +120,17 @@ class Bridge:
             profiles = load_profiles(self.config.mappings.dir)
         except MappingError as exc:
             log.error("mappings not reloaded, still using the previous ones:\n%s", exc)
+            self.mapping_error = str(exc)
             return False
+        self.mapping_error = None
         self.profiles = self.processor.profiles = profiles
         self.processor.warnings.reset()  # recurring warnings are logged once more
         log.info("mappings reloaded: %s", ", ".join(p.name for p in profiles))
         return True
+
+    def notify_committed(self, writes: Sequence[ItemWrite]) -> None:
+        """For changes committed outside the processor (the HTTP API's deletions)."""
+        self._committed(writes)
 
     def _committed(self, writes: Sequence[ItemWrite]) -> None:
         for w in self.workers:
@@ -158,16 +167,18 @@ class Bridge:
             self._watcher = asyncio.create_task(watch(
                 self.config.mappings.dir, self.config.mappings.watch_seconds,
                 self.reload_mappings))
-        metrics = self.config.metrics
-        if metrics.enabled:
+        http = self.config.http
+        for note in http._notes:
+            log.warning("configuration: %s (rename the key)", note)
+        if self.http is not None:
+            scheme = "https" if http.tls.certfile else "http"
             try:
-                self.metrics_port = await self.metrics_server.start(metrics.host, metrics.port)
-                log.info("metrics on http://%s:%d/metrics and /healthz", metrics.host,
-                         self.metrics_port)
+                self.http_port = await self.http.start()
+                log.info("console, API and /metrics on %s://%s:%d/", scheme, http.host,
+                         self.http_port)
             except OSError as exc:
-                # Orders matter more than metrics: run on, and say so loudly.
-                log.error("metrics endpoint not started on %s:%d: %s", metrics.host,
-                          metrics.port, exc)
+                # Orders matter more than the console: run on, and say so loudly.
+                log.error("HTTP server not started on %s:%d: %s", http.host, http.port, exc)
 
     async def health(self) -> dict:
         """What /healthz reports; raises when the store cannot be read."""
@@ -181,7 +192,8 @@ class Bridge:
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-        await self.metrics_server.close()
+        if self.http is not None:
+            await self.http.close()
         await self.mllp.close()
         await self.housekeeper.stop()
         if self.scp is not None:

@@ -161,6 +161,52 @@ def _worklist(args: argparse.Namespace) -> int:
         return status
 
 
+def _user(args: argparse.Namespace) -> int:
+    import getpass
+
+    from bridge import operations as ops
+    from bridge import users
+    from bridge.store import Store
+
+    config = load_config(args.config)
+
+    def password() -> str:  # the first line of stdin, or asked twice on a terminal
+        if args.password_stdin or not sys.stdin.isatty():
+            return sys.stdin.readline().rstrip("\r\n")
+        first = getpass.getpass("password: ")
+        if first != getpass.getpass("again: "):
+            raise users.UserError("the passwords differ")
+        return first
+
+    config.store_path.parent.mkdir(parents=True, exist_ok=True)
+    store = Store(config.store_path, ops.sink_names(config))  # created if new
+    try:
+        if args.action == "list":
+            for u in store.users():
+                print(f"{u.name}\t{u.role}")
+            return 0
+        if not args.name:
+            print(f"user {args.action}: give a user name", file=sys.stderr)
+            return 2
+        if args.action == "add":
+            users.add(store, args.name, args.role, password())
+            print(f"user {args.name} added ({args.role})")
+        elif args.action == "passwd":
+            users.set_password(store, args.name, password())
+            print(f"password of {args.name} changed")
+        elif not users.delete(store, args.name):
+            print(f"no user {args.name}", file=sys.stderr)
+            return 1
+        else:
+            print(f"user {args.name} deleted")
+        return 0
+    except users.UserError as exc:
+        print(f"user {args.action}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None,
                    help="configuration file (default: ./config.yaml if there is one, else "
@@ -372,6 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="folder with .wl files (searched recursively)")
     _add_config(p)
     p.set_defaults(func=_import_wl)
+
+    p = sub.add_parser("user", help="console and API users: add, list, delete, passwd")
+    p.add_argument("action", choices=["add", "list", "delete", "passwd"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin")
+    _add_config(p)
+    p.set_defaults(func=_user)
     return parser
 
 

@@ -13,7 +13,15 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
@@ -110,6 +118,40 @@ class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9102, ge=0, le=65535)
+
+
+# --- HTTP: console, REST API, DICOMweb, /metrics and /healthz (bridge/web/) -------------
+class HttpTlsConfig(_Section):
+    certfile: Path | None = None  # PEM certificate chain; set both to serve HTTPS
+    keyfile: Path | None = None  # its private key (PEM); None: the key is in certfile
+
+
+class HttpConfig(_Section):
+    enabled: bool = True  # one server for the console, /api, /dicomweb, /metrics, /healthz
+    host: str = "127.0.0.1"  # 0.0.0.0 to serve other machines (use TLS then)
+    port: int = Field(8080, ge=0, le=65535)
+    tls: HttpTlsConfig = HttpTlsConfig()
+    session_minutes: float = Field(480, gt=0)  # a console session expires after this
+    max_failed_logins: int = Field(5, ge=1)  # per user and address in 15 minutes, then 429
+    # The old `metrics.enabled|host|port` keys, where given, set these (start-up says so).
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+
+def _metrics_aliases(data: dict, environ: dict[str, str]) -> list[str]:
+    """`metrics.*` (before the HTTP server replaced the metrics listener) set `http.*`,
+    unless the environment sets that http key itself. Returns the start-up notes."""
+    old = data.get("metrics")
+    if not isinstance(old, dict):
+        return []
+    http = data.setdefault("http", {})
+    if not isinstance(http, dict):
+        return []
+    notes = []
+    for key in ("enabled", "host", "port"):
+        if key in old and f"{ENV_PREFIX}HTTP__{key.upper()}" not in environ:
+            http[key] = old[key]
+            notes.append(f"metrics.{key} is now http.{key}: using {old[key]}")
+    return notes
 
 
 class StoreConfig(_Section):
@@ -368,6 +410,7 @@ class Config(_Section):
     journal: JournalConfig = JournalConfig()
     ris: RisConfig = RisConfig()  # status back to the RIS (off by default)
     metrics: MetricsConfig = MetricsConfig()
+    http: HttpConfig = HttpConfig()
 
     @property
     def store_path(self) -> Path:
@@ -394,6 +437,8 @@ class Config(_Section):
         ris.ca_file, ris.certfile, ris.keyfile = (rel(ris.ca_file), rel(ris.certfile),
                                                   rel(ris.keyfile))
         self.sinks.orthanc.ca_bundle = rel(self.sinks.orthanc.ca_bundle)
+        self.http.tls.certfile, self.http.tls.keyfile = (rel(self.http.tls.certfile),
+                                                         rel(self.http.tls.keyfile))
         return self
 
 
@@ -579,6 +624,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data = loaded or {}
     _apply_env(data, environ)
+    http_notes = _metrics_aliases(data, environ)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -586,4 +632,5 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     problems = _semantic_problems(config)
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    config.http._notes = http_notes
     return config.resolve_paths(base)

@@ -176,6 +176,84 @@ def is_storage_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
+# --- for the HTTP server (bridge/web/): users, item history, search queries ---------------
+# Item history is written by triggers, so every path that writes items (messages, MPPS,
+# operators, expiry, other processes) records it without a change to that path. The
+# journal entry is recorded when a message made the change: the entry is still being
+# processed then (received, or failed/interrupted on a replay in place).
+WEB_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name          TEXT PRIMARY KEY,
+    role          TEXT NOT NULL,      -- viewer | operator | admin
+    password_hash TEXT NOT NULL,      -- argon2id (users.py)
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS item_history (
+    id          INTEGER PRIMARY KEY,
+    item_key    TEXT NOT NULL,
+    at          REAL NOT NULL,
+    status      TEXT NOT NULL,
+    visible     INTEGER NOT NULL,
+    journal_id  INTEGER               -- the message that made the change; NULL: none
+);
+CREATE INDEX IF NOT EXISTS item_history_key ON item_history (item_key, id);
+CREATE INDEX IF NOT EXISTS item_history_journal ON item_history (journal_id);
+CREATE TRIGGER IF NOT EXISTS items_history_insert AFTER INSERT ON items BEGIN
+    INSERT INTO item_history (item_key, at, status, visible, journal_id)
+    VALUES (NEW.item_key, NEW.updated_at, NEW.status, NEW.visible,
+            (SELECT id FROM journal WHERE id = NEW.journal_id
+             AND status IN ('received', 'failed', 'interrupted')));
+END;
+CREATE TRIGGER IF NOT EXISTS items_history_update AFTER UPDATE ON items BEGIN
+    INSERT INTO item_history (item_key, at, status, visible, journal_id)
+    VALUES (NEW.item_key, NEW.updated_at, NEW.status, NEW.visible,
+            (SELECT id FROM journal WHERE id = NEW.journal_id
+             AND status IN ('received', 'failed', 'interrupted')));
+END;
+"""
+
+
+@dataclass
+class JournalFilter:
+    """`GET /api/journal`: every given field must hold; text fields match anywhere."""
+
+    status: str | None = None
+    sender: str | None = None
+    message_type: str | None = None
+    control_id: str | None = None
+    patient_id: str | None = None  # found in the raw message
+    accession: str | None = None  # found in the raw message
+    since: float | None = None
+    until: float | None = None
+    text: str | None = None  # found in the raw message or the error
+
+
+@dataclass
+class ItemFilter:
+    status: str | None = None
+    modality: str | None = None  # of the first scheduled step
+    station: str | None = None  # ScheduledStationAETitle of the first step
+    date_from: str | None = None  # YYYYMMDD, first step's start date
+    date_to: str | None = None
+    patient_id: str | None = None
+    accession: str | None = None
+    text: str | None = None  # anywhere in the item's attributes
+    visible_only: bool = False
+
+
+@dataclass
+class User:
+    name: str
+    role: str
+    password_hash: str
+    created_at: float
+    updated_at: float
+
+
+_STEP = "$.ScheduledProcedureStepSequence[0]"
+
+
 @dataclass
 class StoredItem:
     item_key: str
@@ -344,6 +422,7 @@ class Store:
             self.db.executescript(SINK_STATE_SCHEMA)
             self.db.executescript(ORDER_IDS_SCHEMA)
             self.db.executescript(MPPS_SCHEMA)
+            self.db.executescript(WEB_SCHEMA)
             self._migrate()
         except sqlite3.Error as exc:
             # A new store (or a migration) on a full disk: a clear error, not a traceback.
@@ -919,6 +998,126 @@ class Store:
             "VALUES (?, ?, ?, 0, ?) ON CONFLICT (sink, item_key) DO UPDATE SET "
             "delivered = 0, removed_at = excluded.removed_at",
             (sink, item_key, remote_id, time.time()))
+
+    # --- for the HTTP server: users, searches, history, dashboard ------------------------
+
+    def user(self, name: str) -> User | None:
+        row = self.db.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+        return User(**dict(row)) if row else None
+
+    def users(self) -> list[User]:
+        return [User(**dict(r)) for r in self.db.execute("SELECT * FROM users ORDER BY name")]
+
+    def user_put(self, name: str, role: str, password_hash: str) -> None:
+        """Add a user or change an existing one's role and password."""
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO users (name, role, password_hash, created_at, updated_at) VALUES "
+            "(?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET role = excluded.role, "
+            "password_hash = excluded.password_hash, updated_at = excluded.updated_at",
+            (name, role, password_hash, now, now))
+
+    def user_delete(self, name: str) -> bool:
+        return self.db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount > 0
+
+    def journal_search(self, f: JournalFilter, limit: int = 50, offset: int = 0
+                       ) -> tuple[list[JournalEntry], int]:
+        """Entries matching `f`, newest first, and how many match in all."""
+        where, args = ["1 = 1"], []
+        for column in ("status", "sender", "message_type", "control_id"):
+            if getattr(f, column):
+                where.append(f"{column} = ?")
+                args.append(getattr(f, column))
+        for value in (f.patient_id, f.accession):
+            if value:
+                where.append("instr(raw, ?) > 0")
+                args.append(value.encode())
+        if f.text:
+            where.append("(instr(raw, ?) > 0 OR instr(COALESCE(error, ''), ?) > 0)")
+            args += [f.text.encode(), f.text]
+        if f.since is not None:
+            where.append("received_at >= ?")
+            args.append(f.since)
+        if f.until is not None:
+            where.append("received_at < ?")
+            args.append(f.until)
+        sql = " AND ".join(where)
+        total = self.db.execute(f"SELECT COUNT(*) FROM journal WHERE {sql}", args).fetchone()[0]
+        rows = self.db.execute(f"SELECT * FROM journal WHERE {sql} ORDER BY id DESC "
+                               "LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
+        return [JournalEntry(**dict(r)) for r in rows], int(total)
+
+    def items_search(self, f: ItemFilter, limit: int = 50, offset: int = 0
+                     ) -> tuple[list[StoredItem], int]:
+        """Items matching `f`, by start of their first step (then key), and the total."""
+        where, args = ["1 = 1"], []
+        if f.status:
+            where.append("status = ?")
+            args.append(f.status.upper())
+        if f.visible_only:
+            where.append("visible = 1")
+        if f.modality:
+            where.append(f"json_extract(dataset, '{_STEP}.Modality') = ?")
+            args.append(f.modality)
+        if f.station:
+            where.append(f"json_extract(dataset, '{_STEP}.ScheduledStationAETitle') = ?")
+            args.append(f.station)
+        if f.date_from:
+            where.append("sps_start >= ?")
+            args.append(f.date_from)
+        if f.date_to:
+            where.append("sps_start != '' AND substr(sps_start, 1, 8) <= ?")
+            args.append(f.date_to)
+        if f.patient_id:
+            where.append("patient_id = ?")
+            args.append(f.patient_id)
+        if f.accession:
+            where.append("json_extract(dataset, '$.AccessionNumber') = ?")
+            args.append(f.accession)
+        if f.text:
+            where.append("instr(dataset, ?) > 0")
+            args.append(f.text)
+        sql = " AND ".join(where)
+        total = self.db.execute(f"SELECT COUNT(*) FROM items WHERE {sql}", args).fetchone()[0]
+        rows = self.db.execute(f"SELECT * FROM items WHERE {sql} ORDER BY sps_start, item_key "
+                               "LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
+        return [_item(r) for r in rows], int(total)
+
+    def item_history(self, item_key: str) -> list[dict]:
+        """Every change of an item, oldest first: time, status, visible, journal entry."""
+        rows = self.db.execute("SELECT at, status, visible, journal_id FROM item_history "
+                               "WHERE item_key = ? ORDER BY id", (item_key,)).fetchall()
+        return [{**dict(r), "visible": bool(r["visible"])} for r in rows]
+
+    def items_of_journal(self, journal_id: int) -> list[str]:
+        """The keys of the items a journal entry changed."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT item_key FROM item_history WHERE journal_id = ? ORDER BY 1",
+            (journal_id,))]
+
+    def journal_per_minute(self, since: float) -> list[tuple[int, str, int]]:
+        """(minute since the epoch, ACK code or '-', messages) from `since` on."""
+        rows = self.db.execute(
+            "SELECT CAST(received_at / 60 AS INTEGER), COALESCE(ack_code, '-'), COUNT(*) "
+            "FROM journal WHERE received_at >= ? GROUP BY 1, 2 ORDER BY 1", (since,))
+        return [(int(m), str(c), int(n)) for m, c, n in rows]
+
+    def outbox_summary(self) -> dict[str, dict]:
+        """Per sink: items waiting, dead items, and the last error of a failing change."""
+        out: dict[str, dict] = {s: {"depth": 0, "dead": 0, "last_error": None}
+                                for s in self.sinks}
+        for sink, state, n in self.db.execute(
+                "SELECT sink, state, COUNT(DISTINCT item_key) FROM outbox WHERE state != "
+                "'done' GROUP BY sink, state"):
+            out.setdefault(sink, {"depth": 0, "dead": 0, "last_error": None})
+            out[sink]["depth" if state == "pending" else "dead"] = int(n)
+        for sink, error in self.db.execute(
+                "SELECT sink, last_error FROM outbox WHERE last_error IS NOT NULL AND "
+                "state != 'done' AND id IN (SELECT MAX(id) FROM outbox WHERE last_error IS "
+                "NOT NULL AND state != 'done' GROUP BY sink)"):
+            out.setdefault(sink, {"depth": 0, "dead": 0, "last_error": None})
+            out[sink]["last_error"] = error
+        return out
 
 
 def _sink_state(row: sqlite3.Row) -> dict:
