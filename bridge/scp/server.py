@@ -178,15 +178,17 @@ class WorklistScp:
         keys, options, target = search.query.keys, search.settings.match, search.target
         shape_id = self.answers.shape_id(shape(keys))
         for entry in search:
+            # An answer is cached, and taken from the cache, only when it leaves no stored
+            # sequence item out: which items a query keeps depends on its values, not only
+            # on the keys it asks for.
+            complete = projection_complete(keys, entry.data, options)
             cache_key = (entry.item_key, shape_id, target, implicit)
-            data = self.answers.get(cache_key, entry)
+            data = self.answers.get(cache_key, entry) if complete else None
             if data is None:
                 found = project(keys, entry.data, options)
                 data = identifier(found, entry.data.get("SpecificCharacterSet", ""), target,
                                   implicit)
-                # Cached only when no stored sequence item was left out: which ones are
-                # depends on the query's values, not only on its shape.
-                if projection_complete(keys, entry.data, options):
+                if complete:
                     self.answers.put(cache_key, entry, data)
             writer.pending(data)
             if writer.failed:
