@@ -165,8 +165,11 @@ def measure(workdir: Path, items: int) -> dict:
 def chart(results: list[dict], path: Path) -> None:
     """C-FIND time against worklist size (selective and a modality's month), and against
     the number of answers at the largest size."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:  # not a dependency of the bridge: `pip install matplotlib`
+        print(f"matplotlib not installed: no chart written to {path}")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
