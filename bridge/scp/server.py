@@ -1,7 +1,9 @@
 """The MWL SCP on pynetdicom: Modality Worklist C-FIND, Verification and MPPS.
 
 Each association runs on its own pynetdicom thread, so several modalities are served at
-once; a C-FIND reads the in-memory index (index.py) and never waits on the store. MPPS
+once; a C-FIND reads the in-memory index (index.py) and never waits on the store. On little
+endian transfer syntaxes its pending answers are written to the socket by direct.py (about
+a tenth of pynetdicom's CPU per answer, measured); pynetdicom sends the final status. MPPS
 status changes go through `on_status`, which commits them to the store (and from there to
 the sinks and the index) before the N-CREATE or N-SET response goes out.
 
