@@ -366,8 +366,9 @@ def write_results(rows: list[dict], prof: dict, items: int) -> str:
                          f"four together {row['four'] * 1000:.1f} ms")
     lines += ["", "Server CPU per answer, 2,000 answers to findscu, measured in-process "
               "(process CPU of the SCP; findscu runs in its own process):", ""]
-    for label, (cpu, wall) in prof.items():
-        if isinstance(cpu, float):
+    for label, value in prof.items():
+        if isinstance(value, tuple):
+            cpu, wall = value
             lines.append(f"- {label}: {cpu:.3f} ms CPU, {wall:.3f} ms wall per answer")
     lines += ["", "Where the association thread's time goes now (cProfile of the C-FIND "
               "handler, a first and a repeated query; own time by package):", ""]

@@ -148,3 +148,47 @@ def test_name_and_id_prefixes_narrow_the_candidates() -> None:
     assert [e.item_key for e in index.candidates(id_key("12*"))] == ["k1"]
     # No literal start: every item is a candidate.
     assert len(index.candidates(name_key("*SKI*"))) == 4
+
+
+modalities = st.sampled_from(["CT", "MR", "CT\\MR"])
+step_queries = st.tuples(st.sampled_from(["", "CT", "MR", "C*"]),
+                         st.sampled_from(["", "CT1", "CT*"]),
+                         st.sampled_from(["", "20240101", "20240101-20240102"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(accessions, stations, dates, modalities), max_size=12),
+       step_queries)
+def test_modality_station_and_date_together_never_lose_a_match(rows, query) -> None:
+    modality, station, date = query
+    values = {k: v for k, v in (("Modality", modality), ("ScheduledStationAETitle", station),
+                                ("ScheduledProcedureStepStartDate", date)) if v}
+    keys = sps_key(**values)
+    index = WorklistIndex(VISIBLE)
+    data = {}
+    for i, (a, s, d, m) in enumerate(rows):
+        data[f"k{i}"] = item(a, s, d)
+        data[f"k{i}"]["ScheduledProcedureStepSequence"][0]["Modality"] = m
+    index.apply([ItemWrite(k, k, "SCHEDULED", True, v) for k, v in data.items()])
+    expected = {k for k, v in data.items() if matches(keys, v)}
+    got = {e.item_key for e in index.candidates(keys) if matches(keys, e.data)}
+    assert got == expected
+
+
+def test_modality_and_date_narrow_together() -> None:
+    index = WorklistIndex(VISIBLE)
+    writes = []
+    for i, (modality, date) in enumerate([("CT", "20240101"), ("CT", "20240301"),
+                                          ("MR", "20240101"), ("MR", "20240301")]):
+        data = item(f"A{i}", "CT1", date)
+        data["ScheduledProcedureStepSequence"][0]["Modality"] = modality
+        writes.append(ItemWrite(f"k{i}", f"o{i}", "SCHEDULED", True, data))
+    index.apply(writes)
+    keys = sps_key(Modality="CT", ScheduledProcedureStepStartDate="20240101-20240131")
+    assert [e.item_key for e in index.candidates(keys)] == ["k0"]
+    # The item moves to MR: no longer a CT candidate.
+    moved = dict(writes[0].dataset)
+    moved["ScheduledProcedureStepSequence"] = [
+        dict(moved["ScheduledProcedureStepSequence"][0], Modality="MR")]
+    index.apply([ItemWrite("k0", "o0", "SCHEDULED", True, moved)])
+    assert index.candidates(keys) == []

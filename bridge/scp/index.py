@@ -46,6 +46,7 @@ def compact(node):
     return node
 
 
+MODALITY = 0x00080060
 # Top-level keys indexed by exact value.
 _TOP = {0x00080050: "AccessionNumber", 0x00100020: "PatientID",
         0x0020000D: "StudyInstanceUID"}
@@ -63,7 +64,7 @@ class WorklistIndex:
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
         self._by: dict[str, dict[str, set[str]]] = {
-            name: {} for name in (*_TOP.values(), "station", "date")}
+            name: {} for name in (*_TOP.values(), "station", "modality", "date")}
         # keyword -> sorted (value, item key) pairs; sorted on first use after a load
         # (insorting 100,000 items one by one would move the list 100,000 times).
         self._sorted: dict[str, list[tuple[str, str]]] = {k: [] for k in _PREFIX.values()}
@@ -126,17 +127,19 @@ class WorklistIndex:
             self._unsorted = False
 
     def candidates(self, keys: tuple[Key, ...]) -> list[Entry]:
-        """Items that may match: a superset of the matches, from the most selective index."""
+        """Items that may match: a superset of the matches, the intersection of what each
+        indexed key finds (a match is found by every one of them). A modality's month: its
+        modality (25 % of the items) and the month's days (32 %) leave 8 % to match."""
         with self._lock:
             self._sort()
-            best: set[str] | None = None
-            for found in self._lookups(keys):
-                if best is None or len(found) < len(best):
-                    best = found
+            found = sorted(self._lookups(keys), key=len)
+            if not found:
+                return list(self._entries.values())
+            best = found[0]
+            for other in found[1:]:
                 if not best:
                     break
-            if best is None:
-                return list(self._entries.values())
+                best = best & other
             return [self._entries[k] for k in sorted(best)]
 
     def scheduled(self, study_uid: str, accession: str, rp_id: str, sps_id: str
@@ -173,6 +176,8 @@ class WorklistIndex:
                 for sub in key.items[0]:
                     if sub.tag == STATION_AE and _exact(sub):
                         yield self._union("station", sub.value.split("\\"))
+                    elif sub.tag == MODALITY and _exact(sub):
+                        yield self._union("modality", sub.value.split("\\"))
                     elif sub.tag == SPS_START_DATE and sub.value:
                         yield self._dates(sub.value)
 
@@ -249,6 +254,7 @@ def _index_values(data: dict) -> dict[str, list[str]]:
         if isinstance(value, str) and value:
             out[name] = [v.strip() for v in value.split("\\")]
     stations: list[str] = []
+    modalities: list[str] = []
     dates: list[str] = []
     for step in data.get("ScheduledProcedureStepSequence") or []:
         if not isinstance(step, dict):
@@ -256,9 +262,13 @@ def _index_values(data: dict) -> dict[str, list[str]]:
         ae = step.get("ScheduledStationAETitle")
         if isinstance(ae, str) and ae:
             stations.extend(v.strip() for v in ae.split("\\"))
+        modality = step.get("Modality")
+        if isinstance(modality, str) and modality:
+            modalities.extend(v.strip() for v in modality.split("\\"))
         date = step.get("ScheduledProcedureStepStartDate")
         if isinstance(date, str) and date:
             dates.append(date.strip().replace(".", ""))
     out["station"] = stations
+    out["modality"] = modalities
     out["date"] = dates
     return out
