@@ -129,11 +129,102 @@ def measure(kind: str, port: int, orders: int, connections: int, tag: str) -> di
             "p99": pct(lat, 99)}
 
 
+class FolderWatch:
+    """Counts the .wl files of a folder every 10 ms in a thread: when the n-th file
+    appeared, to compare with when the n-th AA was received (files are written in the
+    order their commits were; the n-th file stands for the n-th order)."""
+
+    def __init__(self, folder: Path):
+        import threading
+
+        self.folder = folder
+        self.seen: list[float] = []  # seen[n-1]: when there were first n files
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            count = sum(1 for _ in os.scandir(self.folder)) if self.folder.exists() else 0
+            now = time.perf_counter()
+            while len(self.seen) < count:
+                self.seen.append(now)
+            time.sleep(0.01)
+
+    def __enter__(self) -> FolderWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+async def acked_times(port: int, batches: list[list[bytes]], rate: float | None
+                      ) -> list[float]:
+    """When each AA arrived (perf_counter), over all connections, sorted."""
+    acked: list[float] = []
+
+    async def one(batch: list[bytes], per_connection_rate: float | None) -> None:
+        async with MllpClient("127.0.0.1", port, timeout=30) as client:
+            start = time.perf_counter()
+            for i, raw in enumerate(batch):
+                if per_connection_rate:
+                    await asyncio.sleep(max(0.0, start + i / per_connection_rate
+                                            - time.perf_counter()))
+                ack = await client.send(raw)
+                if b"MSA|AA|" not in ack:
+                    raise RuntimeError(f"not AA: {ack[:200]!r}")
+                acked.append(time.perf_counter())
+
+    per = rate / len(batches) if rate else None
+    await asyncio.gather(*(one(b, per) for b in batches))
+    return sorted(acked)
+
+
+def folder_pace(workdir: Path, burst: int, rate: float, seconds: float) -> dict:
+    """A fresh bridge with its folder sink: (1) `rate` orders/s on 4 connections for
+    `seconds`, the delay from each AA to its file; (2) a burst of `burst` orders on 4
+    connections as fast as they go: files at the last ACK, and when the folder was complete."""
+    out: dict = {}
+    with server("bridge", workdir) as running:
+        folder = workdir / "data" / "worklists"
+        measure("bridge", running.port, 100, 1, "warm")
+        time.sleep(1.0)
+        base = sum(1 for _ in os.scandir(folder))  # the warm-up's files and the lockfile
+        n = int(rate * seconds) // 4 * 4
+        with FolderWatch(folder) as watch:
+            acked = asyncio.run(acked_times(running.port, [messages(f"pace{c}-", n // 4)
+                                                           for c in range(4)], rate))
+            deadline = time.perf_counter() + 60
+            while len(watch.seen) < base + n and time.perf_counter() < deadline:
+                time.sleep(0.05)
+        delays = [watch.seen[base + k] - t for k, t in enumerate(acked)
+                  if base + k < len(watch.seen)]
+        out["paced"] = {"rate": n / (acked[-1] - acked[0]), "p50": pct(delays, 50),
+                        "p99": pct(delays, 99), "missing": n - len(delays)}
+        time.sleep(1.0)
+        base = sum(1 for _ in os.scandir(folder))
+        n = burst // 4 * 4
+        with FolderWatch(folder) as watch:
+            acked = asyncio.run(acked_times(running.port, [messages(f"burst{c}-", n // 4)
+                                                           for c in range(4)], None))
+            at_last_ack = sum(1 for _ in os.scandir(folder)) - base
+            deadline = time.perf_counter() + 300
+            while len(watch.seen) < base + n and time.perf_counter() < deadline:
+                time.sleep(0.05)
+        done = watch.seen[base + n - 1] if len(watch.seen) >= base + n else float("nan")
+        out["burst"] = {"orders": n, "rate": n / (acked[-1] - acked[0]),
+                        "at_last_ack": at_last_ack, "complete_after_s": done - acked[-1]}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=4000)
     parser.add_argument("--paced-seconds", type=float, default=10.0)
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results.md")
+    parser.add_argument("--burst", type=int, default=10_000,
+                        help="orders of the folder sink's burst (0: no folder measurement)")
     parser.add_argument("--no-folder", action="store_true",
                         help="run the bridge without its .wl folder sink (to isolate ingest)")
     args = parser.parse_args()
@@ -163,6 +254,10 @@ def main() -> None:
                 measure("bridge", running.port, 200, 1, "warm")
                 splits[label] = cpu_split(running.port, running.pid, args.orders, 4,
                                           f"s{len(splits)}")
+        pace = None
+        if args.burst and not args.no_folder:
+            (work / "pace").mkdir()
+            pace = folder_pace(work / "pace", args.burst, 500.0, 5.0)
         (work / "strict").mkdir()
         with server("bridge", work / "strict", {"BRIDGE_MLLP__STRICT": "true", **extra}) \
                 as running:
@@ -201,7 +296,20 @@ def main() -> None:
         split_lines.append(f"| {label} | {sp['rate']:,.0f} | {sp['bridge']:.2f} "
                            f"({sp['bridge_load'] * 100:.0f}%) | {sp['writer']:.2f} | "
                            f"{sp['client']:.2f} |")
-    text = "\n".join([*lines, "", *verdicts, *split_lines])
+    pace_lines = []
+    if pace is not None:
+        paced, burst = pace["paced"], pace["burst"]
+        pace_lines = [
+            "", "The .wl folder keeping pace (a fresh bridge, 4 connections; the n-th file "
+            "to appear stands for the n-th AA):", "",
+            f"- paced at 500 orders/s (reached {paced['rate']:,.0f}/s): AA to file p50 "
+            f"{paced['p50']:.0f} ms, p99 {paced['p99']:.0f} ms (target p99 <= 1,000 ms: "
+            f"{'met' if paced['p99'] <= 1000 and not paced['missing'] else 'MISSED'})",
+            f"- burst of {burst['orders']:,} orders ({burst['rate']:,.0f}/s): "
+            f"{burst['at_last_ack']:,} files at the last ACK, complete "
+            f"{burst['complete_after_s']:.1f} s after it (target <= 2 s: "
+            f"{'met' if burst['complete_after_s'] <= 2 else 'MISSED'})"]
+    text = "\n".join([*lines, "", *verdicts, *split_lines, *pace_lines])
     print(text)
     write_section(args.results, "MLLP ingest", (
         f"`python bench/bench_ingest.py --orders {args.orders}` on "

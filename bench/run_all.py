@@ -3,16 +3,19 @@
     python bench/run_all.py [--quick]
 
 Runs bench_translate (mapping speed), bench_ingest (MLLP ingest against a bare ACK server),
-bench_cfind (the built-in SCP against wlmscpfs at 100,000 items) and bench_scale (C-FIND
-against wlmscpfs and Orthanc at 1,000 / 10,000 / 100,000 items, with a chart; memory and
-start-up at 100,000). Run it on an otherwise idle machine: the ratios are only fair when
-nothing else competes for the two cores. `--quick` uses smaller sizes (a smoke test of the
-scripts, not figures to quote).
+bench_scale (C-FIND against wlmscpfs and Orthanc 1.10.1 at each of `--sizes`: selective,
+typical, broad, a modality's month, name and ID prefixes, four modalities at once, the
+bridge's CPU per answer, a chart; memory and start-up) and bench_cfind (the built-in SCP
+against wlmscpfs at the largest size through pynetdicom and findscu, and its CPU per answer
+in-process, with and without direct responses). The load average is recorded before and
+after: on a shared machine, quote the ratios of one run, not absolute times. `--quick`
+uses smaller sizes (a smoke test of the scripts, not figures to quote).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -38,11 +41,14 @@ def run(args: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", default="1000,10000,100000",
+                        help="worklist sizes for C-FIND; the largest also for bench_cfind")
     parser.add_argument("--workdir", type=Path,
                         help="generated .wl files and stores, shared by the C-FIND benches")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-"))
     started = time.time()
+    before = os.getloadavg()
     translate = run(["bench_translate.py", "--runs", "1000" if args.quick else "5000"])
     write_section(ROOT / "results.md", "Mapping speed",
                   "`python bench/bench_translate.py`: decode, parse, choose the profile and "
@@ -50,14 +56,19 @@ def main() -> None:
                   "\n\n```\n" + translate.strip() + "\n```")
     run(["bench_ingest.py", *(["--orders", "1000", "--paced-seconds", "2"] if args.quick
                               else [])])
-    cfind = ROOT / "bench_cfind.py"
-    largest = 2000 if args.quick else 100_000
-    if cfind.exists():
-        run(["bench_cfind.py", "--items", str(largest), "--workdir", str(work / str(largest))])
-    scale = ROOT / "bench_scale.py"
-    if scale.exists():
-        sizes = "500,2000" if args.quick else "1000,10000,100000"
-        run(["bench_scale.py", "--sizes", sizes, "--workdir", str(work)])
+    sizes = "500,2000" if args.quick else args.sizes
+    largest = max(int(n) for n in sizes.split(","))
+    run(["bench_scale.py", "--sizes", sizes, "--workdir", str(work)])
+    run(["bench_cfind.py", "--items", str(largest), "--workdir", str(work / str(largest))])
+    after = os.getloadavg()
+    write_section(ROOT / "results.md", "This run", (
+        f"`python bench/run_all.py --sizes {sizes}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(started))} to "
+        f"{time.strftime('%H:%M')}, {os.cpu_count()} cores shared with other work: load "
+        f"average {before[0]:.1f} / {before[1]:.1f} / {before[2]:.1f} at the start, "
+        f"{after[0]:.1f} / {after[1]:.1f} / {after[2]:.1f} at the end. Absolute times vary "
+        "with the load; the ratios compare servers measured in the same run, one query "
+        "after another."))
     print(f"all benchmarks done in {time.time() - started:.0f} s: bench/results.md")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -68,13 +69,31 @@ class AckError:
     location: ErrorLocation | None = None
 
 
+# Control characters (C0 and DEL) never go into an ACK as they are: 0x0B and 0x1C are MLLP
+# framing (a 0x1C followed by CR ends the frame early), CR ends a segment.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _hex_controls(text: str, seps: Separators) -> str:
+    esc = seps.escape
+    return _CONTROL.sub(lambda m: f"{esc}X{ord(m.group()):02X}{esc}", text)
+
+
 def _escape(text: str, seps: Separators) -> str:
+    """Free text (MSA-3, ERR-8) as one HL7 field value."""
     esc = seps.escape
     out = text.replace(esc, f"{esc}E{esc}")
     for char, code in ((seps.field, "F"), (seps.component, "S"), (seps.repetition, "R"),
                        (seps.subcomponent, "T")):
         out = out.replace(char, f"{esc}{code}{esc}")
-    return out.replace("\r", " ").replace("\n", " ")
+    return _hex_controls(out.replace("\r", " ").replace("\n", " "), seps)
+
+
+def _echo(raw: str, seps: Separators) -> str:
+    """A raw field of the message (already HL7-escaped) echoed into the ACK as it was,
+    except for control characters; a field separator (possible when the message's own
+    separators were unusable) is escaped."""
+    return _hex_controls(raw.replace(seps.field, f"{seps.escape}F{seps.escape}"), seps)
 
 
 def _timestamp() -> str:
@@ -82,26 +101,28 @@ def _timestamp() -> str:
 
 
 def build_ack(code: str, ack_id: str, msg: Message | None = None,
-              error: AckError | None = None) -> str:
-    """The ACK text for `msg` (None when the message could not even be read)."""
+              error: AckError | None = None, control_id: str = "") -> str:
+    """The ACK text for `msg` (None when the message could not even be read; `control_id`
+    is then its MSH-10 when that could be read all the same)."""
     if msg is not None:
         seps = msg.seps
         msh = msg.msh
-        enc = msh[2]
+        # All four separators, whatever MSH-2 left out (and a v2.7 truncation character).
+        enc = seps.component + seps.repetition + seps.escape + seps.subcomponent + msh[2][4:5]
         event = msg.header(9, 2)
         fields = ["MSH", enc, msh[5], msh[6], msh[3], msh[4], _timestamp(), "",
                   seps.component.join(p for p in ("ACK", event, "ACK") if p) if event else "ACK",
                   ack_id, msh[11] or "P", msh[12] or "2.5"]
         if msh[18]:
             fields += ["", "", "", "", "", msh[18]]
+        fields = fields[:2] + [_echo(f, seps) for f in fields[2:]]
         control_id = msh[10]
     else:
         seps = Separators()
         fields = ["MSH", "^~\\&", "", "", "", "", _timestamp(), "", "ACK", ack_id, "P", "2.5"]
-        control_id = ""
     # MSH-1 is the separator itself: join from MSH-2 on.
     segments = [fields[0] + seps.field + seps.field.join(fields[1:])]
-    msa = ["MSA", code, control_id]
+    msa = ["MSA", code, _echo(control_id, seps)]
     if error is not None:
         msa.append(_escape(error.text, seps))
     segments.append(seps.field.join(msa))

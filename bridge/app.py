@@ -15,7 +15,7 @@ from bridge.housekeeping import Housekeeper
 from bridge.listener import Limits, MllpServer
 from bridge.mapping.loader import MappingError, load_profiles
 from bridge.mapping.watch import watch
-from bridge.metrics import Metrics, MetricsServer
+from bridge.metrics import Metrics
 from bridge.outbox import OutboxWorker
 from bridge.processor import Processor
 from bridge.scp.service import ScpService
@@ -33,6 +33,7 @@ from bridge.store import (
 )
 from bridge.tls import server_context
 from bridge.validate import warm_up
+from bridge.web import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,21 @@ def outbox_options(config: Config, sink: Sink) -> dict[str, float]:
     return {}
 
 
+def outbound_worker(config: Config, store: AsyncStore):
+    """The RIS sender when `ris.enabled`; its profile is checked at start-up."""
+    if not config.ris.enabled:
+        return None
+    from bridge.outbound.profile import load_outbound, profile_file
+    from bridge.outbound.worker import OutboundWorker
+
+    ris = config.ris
+    profile = load_outbound(profile_file(ris.profile, config.mappings.dir))
+    store.store.outbound_destinations = (ris.name,)
+    store.store.outbound_events = frozenset(
+        e for e in ("in_progress", "completed", "discontinued") if getattr(ris, e).send)
+    return OutboundWorker(ris, profile, store)
+
+
 class Bridge:
     def __init__(self, config: Config):
         self.config = config
@@ -90,6 +106,10 @@ class Bridge:
         self.store.store.sinks = [s.name for s in self.sinks]
         self.workers = [OutboxWorker(s, self.store, **outbox_options(config, s))
                         for s in self.sinks]
+        # Status back to the RIS: MPPS events queued in the store, sent by their own worker.
+        self.outbound = outbound_worker(config, self.store)
+        if self.outbound is not None:
+            self.workers.append(self.outbound)  # type: ignore[arg-type]  # same start/stop
         # Called with the item writes of every commit (the SCP's index subscribes here).
         self.change_listeners: list[Callable[[Sequence[ItemWrite]], None]] = []
         self.processor = Processor(config, self.profiles, self.store, self._committed)
@@ -106,8 +126,7 @@ class Bridge:
         # the same listeners as the bridge's own commits.
         self.housekeeper = Housekeeper(config, self.store, self._committed)
         self._watcher: asyncio.Task | None = None
-        self.metrics_server = MetricsServer(self.metrics, self.health)
-        self.metrics_port: int | None = None
+        self.mapping_error: str | None = None  # the last reload's, for the console
         if mllp.strict or mllp.strict_senders:
             warm_up()
         # Built-in MWL SCP: its index follows every commit.
@@ -119,6 +138,9 @@ class Bridge:
         self.scp_port: int | None = None
         self._tasks: set[asyncio.Task] = set()  # change pick-ups under way
         self._heard_at = time.time()  # the last change notification
+        # Console, API, DICOMweb, /metrics and /healthz (bridge/web/).
+        self.http = HttpServer(self, config.http) if config.http.enabled else None
+        self.http_port: int | None = None
 
     def reload_mappings(self) -> bool:
         """Load the mapping folder again and use it for the next message.
@@ -126,15 +148,23 @@ class Bridge:
         Connections stay open: the processor reads `profiles` per message. An invalid set
         is refused whole, the previous good one stays in use, and the log says why.
         """
+        if self.outbound is not None:  # SIGHUP: the outbound profile too (its own folder)
+            self.outbound.reload()
         try:
             profiles = load_profiles(self.config.mappings.dir)
         except MappingError as exc:
             log.error("mappings not reloaded, still using the previous ones:\n%s", exc)
+            self.mapping_error = str(exc)
             return False
+        self.mapping_error = None
         self.profiles = self.processor.profiles = profiles
         self.processor.warnings.reset()  # recurring warnings are logged once more
         log.info("mappings reloaded: %s", ", ".join(p.name for p in profiles))
         return True
+
+    def notify_committed(self, writes: Sequence[ItemWrite]) -> None:
+        """For changes committed outside the processor (the HTTP API's deletions)."""
+        self._committed(writes)
 
     def _committed(self, writes: Sequence[ItemWrite]) -> None:
         for w in self.workers:
@@ -173,16 +203,18 @@ class Bridge:
             self._watcher = asyncio.create_task(watch(
                 self.config.mappings.dir, self.config.mappings.watch_seconds,
                 self.reload_mappings))
-        metrics = self.config.metrics
-        if metrics.enabled:
+        http = self.config.http
+        for note in http._notes:
+            log.warning("configuration: %s (rename the key)", note)
+        if self.http is not None:
+            scheme = "https" if http.tls.certfile else "http"
             try:
-                self.metrics_port = await self.metrics_server.start(metrics.host, metrics.port)
-                log.info("metrics on http://%s:%d/metrics and /healthz", metrics.host,
-                         self.metrics_port)
+                self.http_port = await self.http.start()
+                log.info("console, API and /metrics on %s://%s:%d/", scheme, http.host,
+                         self.http_port)
             except OSError as exc:
-                # Orders matter more than metrics: run on, and say so loudly.
-                log.error("metrics endpoint not started on %s:%d: %s", metrics.host,
-                          metrics.port, exc)
+                # Orders matter more than the console: run on, and say so loudly.
+                log.error("HTTP server not started on %s:%d: %s", http.host, http.port, exc)
 
     async def _follow_other_instances(self) -> None:
         """Shared database: other instances' commits reach this one's SCP index and own
@@ -273,7 +305,8 @@ class Bridge:
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-        await self.metrics_server.close()
+        if self.http is not None:
+            await self.http.close()
         await self.mllp.close()
         await self.housekeeper.stop()
         for task in list(self._tasks):

@@ -61,10 +61,10 @@ def _init(args: argparse.Namespace) -> int:
         return 2
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PACKAGED_CONFIG, config)
-    mappings.mkdir(exist_ok=True)
-    for file in sorted(source.iterdir()):
-        if file.suffix in (".yaml", ".yml", ".csv"):
-            shutil.copyfile(file, mappings / file.name)
+    # Profiles, their lookup tables and the outbound profiles' subfolder, as shipped.
+    shutil.copytree(source, mappings, dirs_exist_ok=True,
+                    ignore=lambda folder, names: [n for n in names if n.startswith(".")
+                                                  or n == "__pycache__"])
     print(f"wrote {config} and {mappings}/; start with:\n"
           f"  hl7-worklist-bridge serve --config {config}")
     return 0
@@ -159,6 +159,52 @@ def _worklist(args: argparse.Namespace) -> int:
             else:
                 print(text)
         return status
+
+
+def _user(args: argparse.Namespace) -> int:
+    import getpass
+
+    from bridge import operations as ops
+    from bridge import users
+    from bridge.store import open_store, store_url
+
+    config = load_config(args.config)
+
+    def password() -> str:  # the first line of stdin, or asked twice on a terminal
+        if args.password_stdin or not sys.stdin.isatty():
+            return sys.stdin.readline().rstrip("\r\n")
+        first = getpass.getpass("password: ")
+        if first != getpass.getpass("again: "):
+            raise users.UserError("the passwords differ")
+        return first
+
+    config.store_path.parent.mkdir(parents=True, exist_ok=True)
+    store = open_store(store_url(config), ops.sink_names(config))  # created if new
+    try:
+        if args.action == "list":
+            for u in store.users():
+                print(f"{u.name}\t{u.role}")
+            return 0
+        if not args.name:
+            print(f"user {args.action}: give a user name", file=sys.stderr)
+            return 2
+        if args.action == "add":
+            users.add(store, args.name, args.role, password())
+            print(f"user {args.name} added ({args.role})")
+        elif args.action == "passwd":
+            users.set_password(store, args.name, password())
+            print(f"password of {args.name} changed")
+        elif not users.delete(store, args.name):
+            print(f"no user {args.name}", file=sys.stderr)
+            return 1
+        else:
+            print(f"user {args.name} deleted")
+        return 0
+    except users.UserError as exc:
+        print(f"user {args.action}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -329,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="list as JSON, with each dataset")
     _add_config(p)
     p.set_defaults(func=_worklist)
+
+    from bridge.outbound import commands as outbound  # status to the RIS
+
+    outbound.add_parser(sub)
+
     p = sub.add_parser("translate", help="dry run: map one HL7 message and print the items")
     p.add_argument("message", type=Path, help="a file with one HL7 message")
     source = p.add_mutually_exclusive_group()
@@ -367,6 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="folder with .wl files (searched recursively)")
     _add_config(p)
     p.set_defaults(func=_import_wl)
+
+    p = sub.add_parser("user", help="console and API users: add, list, delete, passwd")
+    p.add_argument("action", choices=["add", "list", "delete", "passwd"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--role", choices=["viewer", "operator", "admin"], default="viewer")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin")
+    _add_config(p)
+    p.set_defaults(func=_user)
     return parser
 
 

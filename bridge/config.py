@@ -13,7 +13,15 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
@@ -80,6 +88,9 @@ class MllpConfig(_Section):
     # `strict` applies it to every sender, `strict_senders` to those MSH-3 values only.
     strict: bool = False
     strict_senders: list[str] = []
+    # Structural limits (AR naming the limit): the work per message grows with them.
+    max_segments: int = Field(5000, ge=1)  # segments in one message
+    max_groups: int = Field(1000, ge=1)  # order (or patient) groups in one message
     tls: TlsConfig = TlsConfig()
 
     @field_validator("strict_senders", "allowed_peers", mode="before")
@@ -107,6 +118,40 @@ class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9102, ge=0, le=65535)
+
+
+# --- HTTP: console, REST API, DICOMweb, /metrics and /healthz (bridge/web/) -------------
+class HttpTlsConfig(_Section):
+    certfile: Path | None = None  # PEM certificate chain; set both to serve HTTPS
+    keyfile: Path | None = None  # its private key (PEM); None: the key is in certfile
+
+
+class HttpConfig(_Section):
+    enabled: bool = True  # one server for the console, /api, /dicomweb, /metrics, /healthz
+    host: str = "127.0.0.1"  # 0.0.0.0 to serve other machines (use TLS then)
+    port: int = Field(8080, ge=0, le=65535)
+    tls: HttpTlsConfig = HttpTlsConfig()
+    session_minutes: float = Field(480, gt=0)  # a console session expires after this
+    max_failed_logins: int = Field(5, ge=1)  # per user and address in 15 minutes, then 429
+    # The old `metrics.enabled|host|port` keys, where given, set these (start-up says so).
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+
+def _metrics_aliases(data: dict, environ: dict[str, str]) -> list[str]:
+    """`metrics.*` (before the HTTP server replaced the metrics listener) set `http.*`,
+    unless the environment sets that http key itself. Returns the start-up notes."""
+    old = data.get("metrics")
+    if not isinstance(old, dict):
+        return []
+    http = data.setdefault("http", {})
+    if not isinstance(http, dict):
+        return []
+    notes = []
+    for key in ("enabled", "host", "port"):
+        if key in old and f"{ENV_PREFIX}HTTP__{key.upper()}" not in environ:
+            http[key] = old[key]
+            notes.append(f"metrics.{key} is now http.{key}: using {old[key]}")
+    return notes
 
 
 class StoreConfig(_Section):
@@ -296,6 +341,64 @@ class JournalConfig(_Section):
     retention_days: float = Field(90, ge=0)
 
 
+# --- status back to the RIS (bridge/outbound/, README "Status back to the RIS") ----------
+
+class RisTlsConfig(_Section):
+    enabled: bool = False  # MLLP over TLS to the RIS
+    ca_file: Path | None = None  # CAs that sign the RIS's certificate (None: system CAs)
+    certfile: Path | None = None  # a client certificate to present, when the RIS wants one
+    keyfile: Path | None = None  # its private key (None: inside certfile)
+    check_hostname: bool = True  # the certificate must name ris.host
+
+
+class RisEvent(_Section):
+    """What one MPPS event sends: the ORC-1 and ORC-5 codes (profile sources event.control,
+    event.status); `send: false` sends nothing for it."""
+
+    send: bool = True
+    control: str = Field("SC", pattern=r"^[A-Z]{2}$")
+    status: str = Field("", pattern=r"^[A-Z]{0,2}$")
+
+
+class RisConfig(_Section):
+    enabled: bool = False
+    # Deliveries are kept per destination: "ris" is this one (more may follow).
+    name: str = Field("ris", pattern=r"^[A-Za-z0-9_.-]+$")
+    host: str = "127.0.0.1"
+    port: int = Field(2576, ge=1, le=65535)
+    tls: RisTlsConfig = RisTlsConfig()
+    # Outbound profile (a file of mappings/outbound/, or a path) that builds each message.
+    profile: str = "outbound-orm-status"
+    charset: str = "8859/1"  # MSH-18 of the messages and the bytes they are written in
+    sending_application: str = "HL7WB"  # MSH-3
+    sending_facility: str = ""  # MSH-4
+    receiving_application: str = ""  # MSH-5
+    receiving_facility: str = ""  # MSH-6
+    processing_id: Literal["P", "T", "D"] = "P"  # MSH-11
+    connect_timeout: float = Field(10.0, gt=0)
+    ack_timeout: float = Field(30.0, gt=0)  # no ACK by then: retried later
+    # Retries while the RIS is down or silent: exponential backoff between these (seconds).
+    min_backoff: float = Field(2.0, gt=0)
+    max_backoff: float = Field(300.0, gt=0)
+    # MPPS event -> ORC-1 / ORC-5. DISCONTINUED is a status change (SC) with ORC-5 DC, not
+    # a discontinue request: the RIS decides what happens to its order.
+    in_progress: RisEvent = RisEvent(control="SC", status="IP")
+    completed: RisEvent = RisEvent(control="SC", status="CM")
+    discontinued: RisEvent = RisEvent(control="SC", status="DC")
+
+    @field_validator("charset")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from bridge.decoding import UnknownCharset, lookup_charset
+
+        try:
+            lookup_charset(value)
+        except UnknownCharset:
+            raise ValueError(f"unknown HL7 character set {value!r} (e.g. 8859/1, "
+                             "UNICODE UTF-8)") from None
+        return value
+
+
 class Config(_Section):
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -310,7 +413,9 @@ class Config(_Section):
     sinks: SinksConfig = SinksConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     journal: JournalConfig = JournalConfig()
+    ris: RisConfig = RisConfig()  # status back to the RIS (off by default)
     metrics: MetricsConfig = MetricsConfig()
+    http: HttpConfig = HttpConfig()
 
     @property
     def store_path(self) -> Path:
@@ -333,7 +438,12 @@ class Config(_Section):
         tls = self.mllp.tls
         tls.certfile, tls.keyfile, tls.ca_file = (rel(tls.certfile), rel(tls.keyfile),
                                                   rel(tls.ca_file))
+        ris = self.ris.tls
+        ris.ca_file, ris.certfile, ris.keyfile = (rel(ris.ca_file), rel(ris.certfile),
+                                                  rel(ris.keyfile))
         self.sinks.orthanc.ca_bundle = rel(self.sinks.orthanc.ca_bundle)
+        self.http.tls.certfile, self.http.tls.keyfile = (rel(self.http.tls.certfile),
+                                                         rel(self.http.tls.keyfile))
         return self
 
 
@@ -519,6 +629,7 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data = loaded or {}
     _apply_env(data, environ)
+    http_notes = _metrics_aliases(data, environ)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -526,4 +637,5 @@ def load_config(path: Path | None, environ: dict[str, str] | None = None) -> Con
     problems = _semantic_problems(config)
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    config.http._notes = http_notes
     return config.resolve_paths(base)

@@ -83,8 +83,12 @@ def _msh18(raw: bytes) -> str:
     # fields[0] is "MSH", fields[1] MSH-2; so MSH-n is fields[n - 1].
     if len(fields) < 18:
         return ""
-    first_repetition = fields[17].split(header[5:6] or b"~")[0]
+    # The repetition separator is MSH-2's second character (HL7's "~" when MSH-2 is short).
+    first_repetition = fields[17].split(fields[1][1:2] or b"~")[0]
     return first_repetition.decode("ascii", "replace").strip()
+
+
+_DEFAULT_ENCODING = b"^~\\&"
 
 
 def _check_separators(raw: bytes) -> None:
@@ -100,6 +104,34 @@ def _check_separators(raw: bytes) -> None:
         shown = chars[:6].decode("latin-1")
         raise DecodeError(f"MSH-1/MSH-2 (separators {shown!r}) are not distinct "
                           "punctuation characters")
+    # A short MSH-2 leaves the other separators at HL7's defaults (message.py): those
+    # must not be a character the message declared for something else.
+    effective = chars + _DEFAULT_ENCODING[len(encoding):]
+    if len(set(effective)) != len(effective):
+        shown = chars.decode("latin-1")
+        raise DecodeError(f"MSH-1/MSH-2 (separators {shown!r}) leave out separators whose "
+                          f"defaults ({_DEFAULT_ENCODING.decode()!r}) they use otherwise")
+
+
+def peek_control_id(raw: bytes) -> str:
+    """MSH-10 as it stands in the first line of `raw` ("" when it cannot be read), without
+    decoding or checking anything else: the ACK of a message refused before it could be
+    read (oversized, unusable separators, unknown MSH-18) still names the message.
+
+    `raw` may be only the first bytes of a frame: an MSH-10 that reaches the end of those
+    bytes might be cut short, and is not trusted."""
+    if raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    raw = raw.lstrip(b"\r\n\t ")
+    if not raw.startswith(b"MSH") or len(raw) < 4 or raw[3:4] in (b"\r", b"\n"):
+        return ""
+    ends = [i for i in (raw.find(b"\r"), raw.find(b"\n")) if i != -1]
+    line = raw[:min(ends)] if ends else raw
+    fields = line.split(raw[3:4])
+    # fields[0] is "MSH", fields[1] MSH-2; so MSH-10 is fields[9].
+    if len(fields) < 10 or (len(fields) == 10 and not ends):
+        return ""
+    return fields[9].decode("latin-1")
 
 
 def _is_utf8_with_non_ascii(raw: bytes) -> bool:

@@ -94,5 +94,7 @@ class Housekeeper:
         if journal.retention_days:
             before = time.time() - journal.retention_days * 86400
             purged = await self.store.run(self.store.store.purge_journal, before)
+            # Status messages the RIS accepted go with them; refused ones stay.
+            await self.store.run(self.store.store.purge_outbound, before)
             if purged:
                 log.info("housekeeping: %d journal entries past retention deleted", purged)

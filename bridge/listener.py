@@ -36,7 +36,7 @@ FRAME_END = END_BLOCK + CARRIAGE_RETURN
 class Handler(Protocol):
     async def handle(self, raw: bytes, peer: str) -> Outcome: ...
 
-    async def oversized(self, peer: str, limit: int) -> Outcome: ...
+    async def oversized(self, peer: str, limit: int, head: bytes = b"") -> Outcome: ...
 
 
 def write_frame(writer: asyncio.StreamWriter, payload: bytes) -> None:
@@ -44,7 +44,12 @@ def write_frame(writer: asyncio.StreamWriter, payload: bytes) -> None:
 
 
 class FrameTooLarge(Exception):
-    pass
+    def __init__(self, head: bytes = b""):
+        super().__init__("frame too large")
+        self.head = head  # the frame's first bytes (its MSH-10 names it in the ACK)
+
+
+HEAD_BYTES = 4096  # of an oversized frame kept for its ACK
 
 
 async def read_frame(reader: MLLPStreamReader, head: bytes = b"") -> bytes | None:
@@ -63,8 +68,12 @@ async def read_frame(reader: MLLPStreamReader, head: bytes = b"") -> bytes | Non
                             len(head + exc.partial))
             return None
         except asyncio.LimitOverrunError as exc:
-            await _discard_frame(reader, exc.consumed)
-            raise FrameTooLarge() from exc
+            # The buffered bytes hold the frame's start: keep its first bytes for the ACK.
+            buffered = head + await reader.readexactly(exc.consumed)
+            start = buffered.rfind(START_BLOCK)
+            first = buffered[start + 1:start + 1 + HEAD_BYTES] if start != -1 else b""
+            await _discard_frame(reader, 0)
+            raise FrameTooLarge(first) from exc
         head = b""
         start = block.rfind(START_BLOCK)
         if start == -1:
@@ -281,11 +290,12 @@ class MllpServer:
                 conn.waiting_since = loop.time()
                 try:
                     frame = await self._next_frame(reader)
-                except FrameTooLarge:
+                except FrameTooLarge as too_large:
                     frame = None
                     conn.busy = True
                     started = time.perf_counter()
-                    outcome = await self.handler.oversized(peer, self.max_message_bytes)
+                    outcome = await self.handler.oversized(peer, self.max_message_bytes,
+                                                           too_large.head)
                 except _Timeout as exc:
                     log.info("MLLP connection from %s: %s after %g s, closing", peer,
                              "frame not complete" if exc.reason == "frame_timeout"

@@ -25,13 +25,19 @@ class Separators:
 
 
 class Segment:
-    """One segment: ``seg[n]`` is field n as raw text ("" when absent), HL7 numbering."""
+    """One segment: ``seg[n]`` is field n as raw text ("" when absent), HL7 numbering.
 
-    __slots__ = ("_fields", "name")
+    `sequence` is its occurrence among the message's segments of the same name (ERR-2.2:
+    the second OBR is ``OBR^2``); `position` its 0-based index in the message.
+    """
 
-    def __init__(self, text: str, seps: Separators):
+    __slots__ = ("_fields", "name", "position", "sequence")
+
+    def __init__(self, text: str, seps: Separators, sequence: int = 1, position: int = 0):
         self._fields = text.split(seps.field)
         self.name = self._fields[0]
+        self.sequence = sequence
+        self.position = position
         if self.name == "MSH":
             # MSH-1 is the field separator itself, so MSH-n sits at index n - 1.
             self._fields.insert(1, seps.field)
@@ -46,28 +52,89 @@ class Segment:
         return f"Segment({self.name}, {len(self)} fields)"
 
 
+class SegmentList(list[Segment]):
+    """Segments with an index by name, so that finding "the OBR" costs no scan of a message
+    with thousands of groups. Built once; not to be modified afterwards."""
+
+    def __init__(self, segments: list[Segment]):
+        super().__init__(segments)
+        self.by_name: dict[str, list[Segment]] = {}
+        for seg in segments:
+            self.by_name.setdefault(seg.name, []).append(seg)
+
+
+def named(segments: list[Segment], name: str) -> list[Segment]:
+    """The segments called `name`, in message order."""
+    if isinstance(segments, SegmentList):
+        return segments.by_name.get(name, [])
+    return [s for s in segments if s.name == name]
+
+
+def has_segment(segments: list[Segment], name: str) -> bool:
+    if isinstance(segments, SegmentList):
+        return name in segments.by_name
+    return any(s.name == name for s in segments)
+
+
+DEFAULT_SEPARATORS = Separators()
+
+
+def declared_separators(field: str, msh2: str) -> Separators:
+    """The separators MSH-1 and MSH-2 declare; HL7's defaults for those MSH-2 leaves out
+    (``MSH|^|`` declares only the component separator). A fifth MSH-2 character (v2.7
+    truncation) is not a separator we split on."""
+    d = DEFAULT_SEPARATORS
+    return Separators(field=field, component=msh2[0:1] or d.component,
+                      repetition=msh2[1:2] or d.repetition, escape=msh2[2:3] or d.escape,
+                      subcomponent=msh2[3:4] or d.subcomponent)
+
+
+# Whitespace a pasted feed puts before a segment ID; never part of the ID.
+_INDENT = " \t"
+
+
 class Message:
     """A decoded HL7 message as a list of segments."""
 
     def __init__(self, decoded: DecodedMessage):
         self.decoded = decoded
         text = decoded.text
-        # MSH-1 and MSH-2 define the separators; MSH-2 may also carry the v2.7
-        # truncation character, which is not a separator we split on.
-        enc = text[4:9]
-        self.seps = Separators(
-            field=text[3],
-            component=enc[0:1] or "^",
-            repetition=enc[1:2] or "~",
-            escape=enc[2:3] or "\\",
-            subcomponent=enc[3:4] or "&",
-        )
-        self.segments = [Segment(s, self.seps) for s in text.split("\r") if s.strip()]
+        # MSH-2 ends at the next field separator (or the segment's end); read what it
+        # declares instead of fixed offsets, which took data for separators.
+        field = text[3]
+        msh2 = text[4:].split("\r", 1)[0].split(field, 1)[0]
+        self.seps = declared_separators(field, msh2)
+        segments: list[Segment] = []
+        counts: dict[str, int] = {}
+        for line in text.split("\r"):
+            line = line.lstrip(_INDENT)
+            if not line.strip():
+                continue
+            seg = Segment(line, self.seps, position=len(segments))
+            seg.sequence = counts[seg.name] = counts.get(seg.name, 0) + 1
+            segments.append(seg)
+        self.segments = SegmentList(segments)
 
     def first(self, name: str) -> Segment | None:
-        for seg in self.segments:
-            if seg.name == name:
-                return seg
+        found = named(self.segments, name)
+        return found[0] if found else None
+
+    def group(self, name: str, index: int) -> list[Segment]:
+        """Order group `index` (1-based): the index-th `name` segment up to the next one."""
+        heads = named(self.segments, name)
+        if not 0 < index <= len(heads):
+            return []
+        end = heads[index].position if index < len(heads) else len(self.segments)
+        return self.segments[heads[index - 1].position:end]
+
+    def locate(self, path: Path, group_name: str = "", group_index: int = 0) -> Segment | None:
+        """The segment a path in order group `group_index` reads (the group's own, else the
+        message's, as mapping scopes look), for the ERR location of a failure."""
+        levels = [self.group(group_name, group_index)] if group_name and group_index else []
+        for level in [*levels, self.segments]:
+            if has_segment(level, path.segment):
+                chosen = select_segments(level, path, self.seps)
+                return chosen[0] if chosen else named(level, path.segment)[0]
         return None
 
     @property
@@ -246,15 +313,15 @@ def segment_matches(seg: Segment, sel: Selector, seps: Separators, unesc: bool =
 
 
 def select_segments(segments: list[Segment], path: Path, seps: Separators) -> list[Segment]:
-    named = [s for s in segments if s.name == path.segment]
+    found = named(segments, path.segment)
     sel = path.segment_sel
-    if not named or sel is None:
-        return named[:1]
+    if not found or sel is None:
+        return found[:1]
     if sel.every:
-        return named
+        return found
     if sel.index is not None:
-        return named[sel.index - 1:sel.index]
-    return [s for s in named if segment_matches(s, sel, seps)][:1]
+        return found[sel.index - 1:sel.index]
+    return [s for s in found if segment_matches(s, sel, seps)][:1]
 
 
 def read_raw(segments: list[Segment], path: Path, seps: Separators) -> list[str]:

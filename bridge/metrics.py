@@ -1,4 +1,4 @@
-"""Operational metrics: Prometheus `/metrics` and `/healthz` on a small local HTTP server.
+"""Operational metrics, served as Prometheus `/metrics` by the HTTP server (bridge/web/).
 
 Metric names (all prefixed ``hl7bridge_``):
 
@@ -15,20 +15,16 @@ Metric names (all prefixed ``hl7bridge_``):
 - ``cfind_latency_seconds``: histogram for the MWL SCP to observe, one C-FIND from request to
   final status (``Bridge.metrics.cfind_latency.observe(seconds)``).
 
-The HTTP server is asyncio, in the bridge's own loop: the outbox depth is read through the
+The HTTP server runs in the bridge's own loop: the outbox depth is read through the
 store's own thread like every other store call, and nothing here needs a lock.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 log = logging.getLogger(__name__)
@@ -97,71 +93,3 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-Health = Callable[[], Awaitable[dict]]
-
-
-class MetricsServer:
-    """GET /metrics (Prometheus text format) and GET /healthz (JSON), nothing else."""
-
-    def __init__(self, metrics: Metrics, health: Health):
-        self.metrics = metrics
-        self.health = health
-        self.server: asyncio.AbstractServer | None = None
-
-    async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._serve, host, port, limit=8192)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            method, path, *_ = [*head.split(b"\r\n", 1)[0].split(b" "), b"", b""]
-            path = path.split(b"?", 1)[0]
-            if method not in (b"GET", b"HEAD"):
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path == b"/metrics":
-                await self._refresh()
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.exposition()
-            elif path == b"/healthz":
-                status, ctype, body = await self._healthz()
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"/metrics or /healthz\n"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: "
-                         f"{len(body)}\r\nConnection: close\r\n\r\n".encode("ascii"))
-            if method != b"HEAD":
-                writer.write(body)
-            await asyncio.wait_for(writer.drain(), 10)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError):
-            pass
-        except Exception:
-            log.exception("metrics endpoint error")
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _refresh(self) -> dict:
-        state = await self.health()
-        for sink, depth in state.get("outbox", {}).items():
-            self.metrics.outbox_depth.labels(sink).set(depth)
-        return state
-
-    async def _healthz(self) -> tuple[str, str, bytes]:
-        try:
-            state = await asyncio.wait_for(self._refresh(), 10)
-            # A load balancer's health check: 503 while this instance cannot take traffic.
-            ready = state.get("ready", True)
-            status = "200 OK" if ready else "503 Service Unavailable"
-            state = {"status": "ok" if ready else "not ready", **state}
-        except Exception as exc:
-            status = "503 Service Unavailable"
-            state = {"status": "failing", "error": type(exc).__name__}
-        return status, "application/json", json.dumps(state).encode() + b"\n"

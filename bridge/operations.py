@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -101,22 +102,29 @@ async def replay(config: Config, ids: list[int]) -> list[tuple[int, str, str | N
     store = AsyncStore(open_url(store_url(config), sink_names(config)))
     try:
         processor = Processor(config, load_profiles(config.mappings.dir), store)
-        results = []
-        for journal_id in ids:
-            entry = await store.run(store.store.journal_entry, journal_id)
-            if entry is None:
-                results.append((journal_id, "--", "no such journal entry"))
-                continue
-            peer = f"replay of {journal_id}"
-            if entry.status in ("failed", "interrupted"):
-                outcome = await processor.handle(entry.raw, peer, journal_id)
-                await store.run(store.store.journal_replayed, journal_id)
-            else:
-                outcome = await processor.handle(entry.raw, peer)
-            results.append((journal_id, outcome.code, outcome.error))
-        return results
+        return await replay_with(processor, store, ids)
     finally:
         store.close()
+
+
+async def replay_with(processor: Processor, store: AsyncStore, ids: list[int]
+                      ) -> list[tuple[int, str, str | None]]:
+    """`replay` with a given processor and store: the running bridge's, from the HTTP API,
+    so that its SCP index and sinks follow at once."""
+    results = []
+    for journal_id in ids:
+        entry = await store.run(store.store.journal_entry, journal_id)
+        if entry is None:
+            results.append((journal_id, "--", "no such journal entry"))
+            continue
+        peer = f"replay of {journal_id}"
+        if entry.status in ("failed", "interrupted"):
+            outcome = await processor.handle(entry.raw, peer, journal_id)
+            await store.run(store.store.journal_replayed, journal_id)
+        else:
+            outcome = await processor.handle(entry.raw, peer)
+        results.append((journal_id, outcome.code, outcome.error))
+    return results
 
 
 def run_replay(config: Config, ids: list[int]) -> list[tuple[int, str, str | None]]:
@@ -174,12 +182,22 @@ def worklist_show(store: Store, item_key: str) -> str | None:
     return "\n".join(lines)
 
 
-def worklist_delete(store: Store, item_key: str) -> bool:
+def worklist_delete(store: Store, item_key: str) -> ItemWrite | None:
     """Take an item off the worklist and out of the sinks (status DISCONTINUED, final: a
-    resend of its order does not bring it back)."""
+    resend of its order does not bring it back). Returns the write, None for no such item."""
     item = store.item(item_key)
     if item is None:
-        return False
-    store.write_items([ItemWrite(item.item_key, item.order_key, Status.DISCONTINUED.value,
-                                 False, item.dataset, final=True)])
-    return True
+        return None
+    write = ItemWrite(item.item_key, item.order_key, Status.DISCONTINUED.value, False,
+                      item.dataset, final=True)
+    store.write_items([write])
+    return write
+
+
+def manual_item(store: Store, dataset: dict) -> ItemWrite:
+    """A worklist item entered by hand (RIS downtime): SCHEDULED, on the worklist, under a
+    generated key of its own (its order is itself: no message will ever change it)."""
+    key = f"manual^{uuid.uuid4().hex}"
+    write = ItemWrite(key, key, Status.SCHEDULED.value, True, dataset)
+    store.write_items([write])
+    return write

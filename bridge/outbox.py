@@ -84,11 +84,26 @@ class OutboxWorker:
         # thread is shared with the listener, whose commits must not queue behind ours.
         items = await self.store.run(db.items_by_keys, [r.item_key for r in rows])
         done: list[tuple[str, int]] = []
+        # A sink that takes several items at once (the folder's writer process) gets the
+        # batch's puts in one call; when it fails they are tried one by one below, so each
+        # error is retried and logged for its own item.
+        delivered: set[str] = set()
+        put_many = getattr(self.sink, "put_many", None)
+        batch = [items[r.item_key] for r in rows
+                 if r.item_key in items and items[r.item_key].visible]
+        if put_many is not None and len(batch) > 1:
+            try:
+                await put_many(batch)
+                delivered = {item.item_key for item in batch}
+            except Exception:
+                delivered = set()
         try:
             for row in rows:
                 item = items.get(row.item_key)
                 try:
-                    if item is not None and item.visible:
+                    if item is not None and item.item_key in delivered:
+                        pass
+                    elif item is not None and item.visible:
                         await self.sink.put(item)
                     elif item is not None:
                         await self.sink.remove(item)

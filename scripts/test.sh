@@ -9,6 +9,7 @@ source scripts/_venv.sh
 missing=()
 [ -x /usr/bin/findscu ] && [ -x /usr/bin/wlmscpfs ] && [ -x /usr/bin/dump2dcm ] || missing+=(dcmtk)
 [ -x /usr/sbin/Orthanc ] && [ -e /usr/share/orthanc/plugins/libModalityWorklists.so ] || missing+=(orthanc)
+[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || missing+=(chromium chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian)..."
   apt_install "${missing[@]}"

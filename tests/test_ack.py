@@ -43,3 +43,35 @@ def test_error_text_with_separators_is_escaped() -> None:
 def test_ar_for_something_that_is_not_hl7() -> None:
     ack = hl7.parse(build_ack("AR", "A4", None, AckError(100, "not HL7")))
     assert str(ack.segment("MSA")[1]) == "AR" and str(ack.segment("MSH")[9]) == "ACK"
+
+
+def _frame_safe(ack: str) -> bool:
+    """No control character but the segment separator: nothing that ends an MLLP frame."""
+    return all(c == "\r" or (ord(c) >= 0x20 and c != "\x7f") for c in ack)
+
+
+def test_control_characters_never_reach_the_ack() -> None:
+    # A message carrying 0x1C produced an ACK frame that ended before its MSA.
+    order = ORDER.replace("CTRL42", "C\x1cT\x0b2").replace("RIS|HOSP", "R\x1dIS|HO\x00SP")
+    err = AckError(103, "order control Z\x1cZ\x0b\n is unknown", ErrorLocation("ORC", 1))
+    text = build_ack("AE", "A5", Message(decode(order.encode())), err)
+    assert _frame_safe(text), repr(text)
+    ack = hl7.parse(text)
+    msa, err_seg = ack.segment("MSA"), ack.segment("ERR")
+    assert str(msa[2]) == "C\\X1C\\T\\X0B\\2"  # hex escapes: the RIS can read them back
+    assert str(msa[3]) == "order control Z\\X1C\\Z\\X0B\\  is unknown"
+    assert str(err_seg[8]) == str(msa[3])
+    assert str(ack.segment("MSH")[5]) == "R\\X1D\\IS"
+
+
+def test_control_id_of_an_unreadable_message_is_echoed_safely() -> None:
+    text = build_ack("AR", "A6", None, AckError(100, "bad separators"), control_id="X|Y\x1c")
+    assert _frame_safe(text)
+    assert str(hl7.parse(text).segment("MSA")[2]) == "X\\F\\Y\\X1C\\"
+
+
+def test_short_msh2_ack_declares_every_separator() -> None:
+    order = ORDER.replace("MSH|^~\\&|", "MSH|^|")
+    ack = hl7.parse(build_ack("AA", "A7", Message(decode(order.encode()))))
+    assert str(ack.segment("MSH")[2]) == "^~\\&"
+    assert str(ack.segment("MSA")[2]) == "CTRL42"

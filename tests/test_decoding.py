@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.decoding import DecodeError, UnknownCharset, decode, lookup_charset
+from bridge.decoding import DecodeError, UnknownCharset, decode, lookup_charset, peek_control_id
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "hl7"
 FIXTURES = Path(__file__).parent / "fixtures" / "hl7"
@@ -77,3 +77,17 @@ def test_charset_table_matches_reference_section_4() -> None:
 def test_every_corpus_message_decodes(path: Path) -> None:
     d = decode(path.read_bytes())
     assert d.text.startswith("MSH") and "\n" not in d.text and "\ufeff" not in d.text
+
+
+@pytest.mark.parametrize(("raw", "control_id"), [
+    (b"MSH|^~\\&|A|B|C|D|||ORM^O01|C1|P|2.3.1\rPID|||1", "C1"),
+    (b"\xef\xbb\xbf\r\nMSH#^~\\&#A#B#C#D###ORM^O01#X^Y#P", "X^Y"),  # raw, as sent
+    (b"MSH|^^~\\&|A|B|C|D|||ORM^O01|C2|P", "C2"),  # unusable MSH-2: MSH-10 still readable
+    (b"MSH|^~\\&|A|B|C|D|||ORM^O01|C3\nPID", "C3"),
+    (b"MSH|^~\\&|A|B|C|D|||ORM^O01|C4", ""),  # may be cut short (the first bytes of a frame)
+    (b"MSH|^~\\&|A|B|C|D|||ORM^O01\r|C5|", ""),
+    (b"MSH\r|^~\\&|A|B|C|D|||ORM^O01|C6|", ""),
+    (b"PID|^~\\&|A|B|C|D|||ORM^O01|C7|", ""),
+])
+def test_peek_control_id(raw: bytes, control_id: str) -> None:
+    assert peek_control_id(raw) == control_id

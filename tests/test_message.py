@@ -87,3 +87,53 @@ def test_selectors_pick_repetitions_and_segments() -> None:
 def test_bad_paths_are_rejected(bad: str) -> None:
     with pytest.raises(PathError):
         HL7Path.parse(bad)
+
+
+ONE_CHAR_MSH2 = ("MSH|^|RIS|HOSP|BRIDGE|IMG|20240101||ORM^O01|C1|P|2.3.1\r"
+                 "PID|||P1^^^HOSP~P2||DOE^J1&X||19700101\r")
+
+
+def test_a_short_msh2_declares_only_what_it_holds() -> None:
+    # Read from fixed offsets, "MSH|^|RIS" made "|" the repetition separator and "R" the
+    # escape character: DOE^J1 came out as DO^J1.
+    msg = Message(decode(ONE_CHAR_MSH2.encode()))
+    assert msg.seps == Separators("|", "^", "~", "\\", "&")
+    assert msg.header(3) == "RIS" and msg.control_id == "C1"
+    pid = msg.first("PID")
+    assert pid is not None and pid[5] == "DOE^J1&X"
+    assert read_raw(msg.segments, HL7Path.parse("PID-5.2.1"), msg.seps) == ["J1"]
+    assert read_raw(msg.segments, HL7Path.parse("PID-3[2].1"), msg.seps) == ["P2"]
+    two = Message(decode(ONE_CHAR_MSH2.replace("MSH|^|", "MSH|#!|").encode()))
+    assert two.seps == Separators("|", "#", "!", "\\", "&")
+
+
+def test_separators_left_at_defaults_must_not_collide() -> None:
+    from bridge.decoding import DecodeError
+
+    for header in ("MSH|~|", "MSH~^|", "MSH|^&|"):
+        with pytest.raises(DecodeError):
+            decode(ONE_CHAR_MSH2.replace("MSH|^|", header).encode())
+
+
+def test_indented_segments_are_read() -> None:
+    text = ("MSH|^~\\&|RIS|H|B|I|||ORM^O01|C1|P|2.3.1\r  PID|||P1\r\t ORC|NW|PL1\n"
+            "    OBR|1|PL1||||||||||||||||ACC1\r")
+    msg = Message(decode(text.encode()))
+    assert [s.name for s in msg.segments] == ["MSH", "PID", "ORC", "OBR"]
+    assert read_raw(msg.segments, HL7Path.parse("OBR-18"), msg.seps) == ["ACC1"]
+
+
+def test_segments_know_their_occurrence_and_groups() -> None:
+    text = ("MSH|^~\\&|RIS|H|B|I|||ORM^O01|C1|P|2.3.1\rPID|||P1\rORC|NW|A\rOBR|1|A\r"
+            "ORC|NW|B\rNTE|1\rOBR|1|B\rORC|NW|C\r")
+    msg = Message(decode(text.encode()))
+    assert [(s.name, s.sequence) for s in msg.segments[2:]] == [
+        ("ORC", 1), ("OBR", 1), ("ORC", 2), ("NTE", 1), ("OBR", 2), ("ORC", 3)]
+    assert [s.name for s in msg.group("ORC", 2)] == ["ORC", "NTE", "OBR"]
+    assert [s.name for s in msg.group("ORC", 3)] == ["ORC"]
+    assert msg.group("ORC", 4) == []
+    # A path read in group 2 is that group's OBR; in group 3 (no OBR) the message's first.
+    obr = msg.locate(HL7Path.parse("OBR-2"), "ORC", 2)
+    assert obr is not None and (obr.sequence, obr[2]) == (2, "B")
+    obr = msg.locate(HL7Path.parse("OBR-2"), "ORC", 3)
+    assert obr is not None and obr.sequence == 1

@@ -87,3 +87,108 @@ def test_candidates_never_lose_a_match(rows, keys) -> None:
     expected = {k for k, v in data.items() if matches(keys, v)}
     got = {e.item_key for e in index.candidates(keys) if matches(keys, e.data)}
     assert got == expected
+
+
+NAMES = ["KOWALSKI^JAN", "Kowalska^Anna", "KOWAL^PIOTR\\KOWAL^P", "NOWAK^EWA^^",
+         "Łukasz^Żółć", "straße^x", "STRASSE^Y", ""]
+IDS = ["12", "123", "1234\\99", "A12", "212", ""]
+
+
+def person_item(name: str, patient_id: str) -> dict:
+    return {"PatientName": name, "PatientID": patient_id, "AccessionNumber": "A"}
+
+
+def name_key(value: str, vr: str = "PN") -> tuple[Key, ...]:
+    return (Key(0x00100010, "PatientName", vr, value),)
+
+
+def id_key(value: str) -> tuple[Key, ...]:
+    return (Key(0x00100020, "PatientID", "LO", value),)
+
+
+name_queries = st.sampled_from(["KOW*", "kow*", "KOWAL*", "KOWAL^P", "KOWAL^P^", "Kow?lsk*",
+                                "NOWAK^EWA", "nowak^ewa", "ŁUK*", "łuk*", "STRASSE*",
+                                "strasse^*", "Straße*", "*SKI*", "?OW*", "*", "X*\\NOW*",
+                                "KOW*\\*A"])
+id_queries = st.sampled_from(["12*", "12", "123*", "1234", "99*", "9?", "*2", "A1*",
+                              "1?3*", "12*\\21*"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(IDS)), max_size=10),
+       st.one_of(name_queries.map(name_key), id_queries.map(id_key)), st.booleans())
+def test_name_and_id_prefixes_never_lose_a_match(rows, keys, caseless) -> None:
+    from bridge.scp.matching import MatchOptions
+
+    options = MatchOptions(pn_case_insensitive=caseless)
+    index = WorklistIndex(VISIBLE)
+    data = {f"k{i}": person_item(n, p) for i, (n, p) in enumerate(rows)}
+    # Half loaded at start-up (sorted later), half applied as commits (kept sorted).
+    half = len(rows) // 2
+    index.load([StoredItem(k, k, "SCHEDULED", True, v, "P", 0.0)
+                for k, v in list(data.items())[:half]])
+    index.apply([ItemWrite(k, k, "SCHEDULED", True, v) for k, v in list(data.items())[half:]])
+    expected = {k for k, v in data.items() if matches(keys, v, options)}
+    got = {e.item_key for e in index.candidates(keys) if matches(keys, e.data, options)}
+    assert got == expected
+
+
+def test_name_and_id_prefixes_narrow_the_candidates() -> None:
+    index = WorklistIndex(VISIBLE)
+    rows = [("KOWALSKI^JAN", "120"), ("Kowalska^Anna", "121"), ("NOWAK^EWA", "130"),
+            ("SMITH^JOHN", "212")]
+    index.load([StoredItem(f"k{i}", "o", "SCHEDULED", True, person_item(n, p), "P", 0.0)
+                for i, (n, p) in enumerate(rows)])
+    assert [e.item_key for e in index.candidates(name_key("KOW*"))] == ["k0", "k1"]
+    assert [e.item_key for e in index.candidates(id_key("12*"))] == ["k0", "k1"]
+    # A commit moves a name: found under the new one only.
+    index.apply([ItemWrite("k0", "o", "SCHEDULED", True, person_item("NOWAK^JAN", "999"))])
+    assert [e.item_key for e in index.candidates(name_key("KOW*"))] == ["k1"]
+    assert [e.item_key for e in index.candidates(name_key("NOWAK^*"))] == ["k0", "k2"]
+    assert [e.item_key for e in index.candidates(id_key("12*"))] == ["k1"]
+    # No literal start: every item is a candidate.
+    assert len(index.candidates(name_key("*SKI*"))) == 4
+
+
+modalities = st.sampled_from(["CT", "MR", "CT\\MR"])
+step_queries = st.tuples(st.sampled_from(["", "CT", "MR", "C*"]),
+                         st.sampled_from(["", "CT1", "CT*"]),
+                         st.sampled_from(["", "20240101", "20240101-20240102"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(accessions, stations, dates, modalities), max_size=12),
+       step_queries)
+def test_modality_station_and_date_together_never_lose_a_match(rows, query) -> None:
+    modality, station, date = query
+    values = {k: v for k, v in (("Modality", modality), ("ScheduledStationAETitle", station),
+                                ("ScheduledProcedureStepStartDate", date)) if v}
+    keys = sps_key(**values)
+    index = WorklistIndex(VISIBLE)
+    data = {}
+    for i, (a, s, d, m) in enumerate(rows):
+        data[f"k{i}"] = item(a, s, d)
+        data[f"k{i}"]["ScheduledProcedureStepSequence"][0]["Modality"] = m
+    index.apply([ItemWrite(k, k, "SCHEDULED", True, v) for k, v in data.items()])
+    expected = {k for k, v in data.items() if matches(keys, v)}
+    got = {e.item_key for e in index.candidates(keys) if matches(keys, e.data)}
+    assert got == expected
+
+
+def test_modality_and_date_narrow_together() -> None:
+    index = WorklistIndex(VISIBLE)
+    writes = []
+    for i, (modality, date) in enumerate([("CT", "20240101"), ("CT", "20240301"),
+                                          ("MR", "20240101"), ("MR", "20240301")]):
+        data = item(f"A{i}", "CT1", date)
+        data["ScheduledProcedureStepSequence"][0]["Modality"] = modality
+        writes.append(ItemWrite(f"k{i}", f"o{i}", "SCHEDULED", True, data))
+    index.apply(writes)
+    keys = sps_key(Modality="CT", ScheduledProcedureStepStartDate="20240101-20240131")
+    assert [e.item_key for e in index.candidates(keys)] == ["k0"]
+    # The item moves to MR: no longer a CT candidate.
+    moved = dict(writes[0].dataset)
+    moved["ScheduledProcedureStepSequence"] = [
+        dict(moved["ScheduledProcedureStepSequence"][0], Modality="MR")]
+    index.apply([ItemWrite("k0", "o0", "SCHEDULED", True, moved)])
+    assert index.candidates(keys) == []

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge import keys
 from bridge.keys import order_identifiers
 from bridge.mapping.loader import Profile
 from bridge.mapping.rules import MappingFieldError, Scope, Trace, evaluate_rules
-from bridge.message import Message, Segment
+from bridge.message import Message, Segment, SegmentList
 
 # A worklist item: DICOM keyword -> string value, or a list of such dicts for sequences.
 # The same shape is Orthanc's "Tags" body, and becomes a pydicom Dataset in dicomfile.py.
@@ -77,11 +78,13 @@ def _groups(segments: list[Segment], start: str) -> tuple[list[Segment], list[li
             groups[-1].append(seg)
         else:
             header.append(seg)
-    return header, groups
+    # Every group's rules look into the header: indexed, not scanned each time.
+    return SegmentList(header), groups
 
 
 def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
-                  facts: dict[str, str] | None = None) -> MappedMessage:
+                  facts: dict[str, str] | None = None,
+                  pause: Callable[[], None] | None = None) -> MappedMessage:
     """Map every order group of `msg`.
 
     Raises MappingFieldError when an order's key, control or status cannot be read; a missing
@@ -93,12 +96,16 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
     for index, group in enumerate(groups, start=1):
         group_scope = Scope([group, header, msg.segments], msg.seps, facts, profile.uid_root,
                             profile.backslash)
-        key = profile.order_key.evaluate(group_scope, None)
-        identifiers = order_identifiers(profile.order_key, group_scope)
+        try:
+            key = profile.order_key.evaluate(group_scope, None)
+            identifiers = order_identifiers(profile.order_key, group_scope)
+            control = profile.order_control.evaluate(group_scope, None)
+            status = profile.order_status.evaluate(group_scope, None)
+        except MappingFieldError as exc:
+            exc.group_index = index  # the ERR names this group's segment
+            raise
         # Key text that no escaped separator can make ambiguous (keys.py).
         key = identifiers[0][1] if identifiers else keys.escape(str(key))
-        control = profile.order_control.evaluate(group_scope, None)
-        status = profile.order_status.evaluate(group_scope, None)
         if profile.item_segment:
             item_levels = [[s] for s in group if s.name == profile.item_segment] or [[]]
         else:
@@ -121,4 +128,6 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
         result.orders.append(
             MappedOrder(key, str(control), str(status), items, index, error, traces,
                         identifiers))
+        if pause is not None:
+            pause()  # after each group: a worker thread lets other threads run (processor)
     return result

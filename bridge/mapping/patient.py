@@ -7,6 +7,7 @@ patient's demographics. The lifecycle then applies the update to that patient's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ruamel.yaml.comments import CommentedMap
@@ -74,7 +75,8 @@ def read_patient_profile(reader, doc: CommentedMap, name: str, match, file: str
         charset=str(charset) if charset else None, backslash=reader.backslash(doc, "/"))
 
 
-def apply_patient_profile(profile: PatientProfile, msg: Message) -> list[PatientUpdate]:
+def apply_patient_profile(profile: PatientProfile, msg: Message,
+                          pause: Callable[[], None] | None = None) -> list[PatientUpdate]:
     """One update per PID group; raises MappingFieldError when the patient ID is missing."""
     header, groups = _groups(msg.segments, profile.group_segment)
     updates = []
@@ -86,4 +88,6 @@ def apply_patient_profile(profile: PatientProfile, msg: Message) -> list[Patient
         # An empty field in an update means "not sent", not "erase".
         values = {k: v for k, v in values.items() if v not in ("", [], None)}
         updates.append(PatientUpdate(patient_id, prior_id, values, index))
+        if pause is not None:
+            pause()  # after each group: a worker thread lets other threads run (processor)
     return updates

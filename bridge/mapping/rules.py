@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from bridge.mapping.transforms import TRANSFORMS, derived_uid, new_uid
-from bridge.message import Path, Segment, Separators, read_raw, unescape
+from bridge.message import Path, Segment, Separators, has_segment, read_raw, unescape
 
 # DICOM maximum value lengths, in characters, of the string VRs (PS3.5 table 6.2-1).
 MAX_LENGTH = {
@@ -45,6 +45,7 @@ class MappingFieldError(Exception):
         self.path = path
         self.keyword = keyword
         self.where = where  # file:line:col of the rule, for the integrator (not the ACK)
+        self.group_index: int | None = None  # the order group it failed in, when known
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,10 @@ class Scope:
 
     def read(self, path: Path) -> list[str]:
         for segments in self.levels:
-            for s in segments:
-                if s.name == path.segment:
-                    return read_raw(segments, path, self.seps)
+            # By the message's index where there is one: a scan per rule and group made
+            # mapping quadratic in the number of groups.
+            if has_segment(segments, path.segment):
+                return read_raw(segments, path, self.seps)
         return []
 
     def first(self, path: Path) -> str:

@@ -3,7 +3,11 @@
 Built from the store at start-up and kept current in-process from the Bridge's commit hook,
 so a C-FIND never scans a folder or the database. A query with an accession number,
 patient ID, study UID, station AE title or SPS start date gets its candidates from a
-dictionary; the others scan the items in memory. Matching (matching.py) then decides.
+dictionary; a patient name or ID with a leading literal part (`KOW*`, `12*`, `DOE^JOHN`)
+gets them from a sorted list of the values (bisect on the part before the first wildcard;
+names case-folded, so the same list serves case-sensitive and case-insensitive calling
+AEs: what it finds is a superset either way). The others scan the items in memory.
+Matching (matching.py) then decides.
 
 Updates come from the event loop thread, queries from pynetdicom's association threads:
 a lock guards the dictionaries, and entries are immutable (an update replaces one).
@@ -11,12 +15,13 @@ a lock guards the dictionaries, and entries are immutable (an update replaces on
 
 from __future__ import annotations
 
+import bisect
 import sys
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bridge.scp.matching import NO_WILDCARD_VRS
+from bridge.scp.matching import NO_WILDCARD_VRS, NUMERIC_VRS, RANGE_VRS
 from bridge.scp.query import SPS_SEQUENCE, SPS_START_DATE, STATION_AE, Key
 from bridge.store import ItemWrite, StoredItem
 
@@ -41,9 +46,15 @@ def compact(node):
     return node
 
 
+MODALITY = 0x00080060
 # Top-level keys indexed by exact value.
 _TOP = {0x00080050: "AccessionNumber", 0x00100020: "PatientID",
         0x0020000D: "StudyInstanceUID"}
+# Top-level keys also kept sorted, for prefix lookups; names case-folded.
+PATIENT_NAME = 0x00100010
+_PREFIX = {PATIENT_NAME: "PatientName", 0x00100020: "PatientID"}
+# After every character a value can hold: the upper end of a prefix's range.
+_HIGHEST = "\U0010ffff"
 
 
 class WorklistIndex:
@@ -53,13 +64,18 @@ class WorklistIndex:
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
         self._by: dict[str, dict[str, set[str]]] = {
-            name: {} for name in (*_TOP.values(), "station", "date")}
+            name: {} for name in (*_TOP.values(), "station", "modality", "date")}
+        # keyword -> sorted (value, item key) pairs; sorted on first use after a load
+        # (insorting 100,000 items one by one would move the list 100,000 times).
+        self._sorted: dict[str, list[tuple[str, str]]] = {k: [] for k in _PREFIX.values()}
+        self._unsorted = False
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def load(self, items: Iterable[StoredItem]) -> None:
         with self._lock:
+            self._unsorted = True
             for item in items:
                 self._put(item.item_key, item.status, item.dataset)
 
@@ -83,24 +99,47 @@ class WorklistIndex:
                         bucket.discard(key)
                         if not bucket:
                             del self._by[name][v]
+            for name, values in _prefix_values(old.data).items():
+                self._sort()
+                pairs = self._sorted[name]
+                for v in values:
+                    at = bisect.bisect_left(pairs, (v, key))
+                    if at < len(pairs) and pairs[at] == (v, key):
+                        del pairs[at]
         if status not in self.statuses:
             return
         self._entries[key] = Entry(key, status, data)
         for name, values in _index_values(data).items():
             for v in values:
                 self._by[name].setdefault(v, set()).add(key)
+        for name, values in _prefix_values(data).items():
+            pairs = self._sorted[name]
+            for v in values:
+                if self._unsorted:
+                    pairs.append((v, key))
+                else:
+                    bisect.insort(pairs, (v, key))
+
+    def _sort(self) -> None:
+        if self._unsorted:
+            for pairs in self._sorted.values():
+                pairs.sort()
+            self._unsorted = False
 
     def candidates(self, keys: tuple[Key, ...]) -> list[Entry]:
-        """Items that may match: a superset of the matches, from the most selective index."""
+        """Items that may match: a superset of the matches, the intersection of what each
+        indexed key finds (a match is found by every one of them). A modality's month: its
+        modality (25 % of the items) and the month's days (32 %) leave 8 % to match."""
         with self._lock:
-            best: set[str] | None = None
-            for found in self._lookups(keys):
-                if best is None or len(found) < len(best):
-                    best = found
+            self._sort()
+            found = sorted(self._lookups(keys), key=len)
+            if not found:
+                return list(self._entries.values())
+            best = found[0]
+            for other in found[1:]:
                 if not best:
                     break
-            if best is None:
-                return list(self._entries.values())
+                best = best & other
             return [self._entries[k] for k in sorted(best)]
 
     def scheduled(self, study_uid: str, accession: str, rp_id: str, sps_id: str
@@ -131,10 +170,14 @@ class WorklistIndex:
         for key in keys:
             if key.tag in _TOP and _exact(key):
                 yield self._union(_TOP[key.tag], key.value.split("\\"))
+            elif key.tag in _PREFIX and (prefixes := _prefixes(key)):
+                yield self._prefixed(_PREFIX[key.tag], prefixes)
             elif key.tag == SPS_SEQUENCE and len(key.items) == 1:
                 for sub in key.items[0]:
                     if sub.tag == STATION_AE and _exact(sub):
                         yield self._union("station", sub.value.split("\\"))
+                    elif sub.tag == MODALITY and _exact(sub):
+                        yield self._union("modality", sub.value.split("\\"))
                     elif sub.tag == SPS_START_DATE and sub.value:
                         yield self._dates(sub.value)
 
@@ -143,6 +186,15 @@ class WorklistIndex:
         out: set[str] = set()
         for v in values:
             out |= index.get(v.strip(), set())
+        return out
+
+    def _prefixed(self, name: str, prefixes: list[str]) -> set[str]:
+        pairs = self._sorted[name]
+        out: set[str] = set()
+        for prefix in prefixes:
+            start = bisect.bisect_left(pairs, (prefix,))
+            end = bisect.bisect_left(pairs, (prefix + _HIGHEST,), start)
+            out.update(k for _, k in pairs[start:end])
         return out
 
     def _dates(self, query: str) -> set[str]:
@@ -164,6 +216,37 @@ def _exact(key: Key) -> bool:
     return key.vr in NO_WILDCARD_VRS or not ("*" in key.value or "?" in key.value)
 
 
+def _prefixes(key: Key) -> list[str]:
+    """The literal start of each of the key's values, as the sorted list holds them; []
+    when some value has none (`*DOE`, `?12`): the index cannot narrow that key."""
+    if not key.value or key.vr in NUMERIC_VRS or key.vr in RANGE_VRS:
+        return []
+    out = []
+    for value in key.value.split("\\"):
+        value = value.strip()
+        if key.vr not in NO_WILDCARD_VRS:
+            cut = min((at for at in (value.find("*"), value.find("?")) if at >= 0),
+                      default=len(value))
+            value = value[:cut]
+        if key.tag == PATIENT_NAME:
+            # Trailing empty components are insignificant in an exact name (matching.py).
+            value = value.rstrip("^ ").casefold()
+        if not value:
+            return []
+        out.append(value)
+    return out
+
+
+def _prefix_values(data: dict) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for tag, name in _PREFIX.items():
+        value = data.get(name)
+        if isinstance(value, str) and value:
+            values = [v.strip() for v in value.split("\\")]
+            out[name] = [v.casefold() for v in values] if tag == PATIENT_NAME else values
+    return out
+
+
 def _index_values(data: dict) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for name in _TOP.values():
@@ -171,6 +254,7 @@ def _index_values(data: dict) -> dict[str, list[str]]:
         if isinstance(value, str) and value:
             out[name] = [v.strip() for v in value.split("\\")]
     stations: list[str] = []
+    modalities: list[str] = []
     dates: list[str] = []
     for step in data.get("ScheduledProcedureStepSequence") or []:
         if not isinstance(step, dict):
@@ -178,9 +262,13 @@ def _index_values(data: dict) -> dict[str, list[str]]:
         ae = step.get("ScheduledStationAETitle")
         if isinstance(ae, str) and ae:
             stations.extend(v.strip() for v in ae.split("\\"))
+        modality = step.get("Modality")
+        if isinstance(modality, str) and modality:
+            modalities.extend(v.strip() for v in modality.split("\\"))
         date = step.get("ScheduledProcedureStepStartDate")
         if isinstance(date, str) and date:
             dates.append(date.strip().replace(".", ""))
     out["station"] = stations
+    out["modality"] = modalities
     out["date"] = dates
     return out

@@ -62,6 +62,35 @@ def matches(keys: tuple[Key, ...], item: dict, options: MatchOptions = DEFAULT_O
     return _match_keys(keys, item, options)
 
 
+def project(keys: tuple[Key, ...], item: dict, options: MatchOptions = DEFAULT_OPTIONS
+            ) -> Answer:
+    """The requested keys of an item that `matches`: what `answer` returns for it."""
+    return _project(keys, item, options)
+
+
+def projection_complete(keys: tuple[Key, ...], item: dict,
+                        options: MatchOptions = DEFAULT_OPTIONS) -> bool:
+    """Does the answer to an item that `matches` keep every stored item of each returned
+    sequence? Then it depends only on the item and the requested keys (not on the query's
+    values), and may be reused for another query asking for the same keys."""
+    for key in keys:
+        if not key.returned or not key.is_sequence or not key.keyword:
+            continue
+        stored = item.get(key.keyword)
+        stored_items = stored if isinstance(stored, list) else []
+        # One stored item and one query item: the item matched, so it is kept (the usual
+        # worklist item, one step). Otherwise each stored item must match every filter.
+        if len(stored_items) > 1 or len(key.items) > 1:
+            filters = [q for q in key.items if _has_filter(q)]
+            if not all(_match_keys(q, s, options) for q in filters for s in stored_items):
+                return False
+        requested = [q for q in key.items if any(k.returned for k in q)]
+        if requested and not all(projection_complete(requested[0], s, options)
+                                 for s in stored_items):
+            return False
+    return True
+
+
 # --- matching ---------------------------------------------------------------------------
 
 

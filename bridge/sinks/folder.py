@@ -71,10 +71,17 @@ class FolderSink:
     async def put(self, item: StoredItem) -> None:
         await self._run(_put_in_writer, item)
 
+    async def put_many(self, items: list[StoredItem]) -> None:
+        """Several files in one hand-over to the writer process: one at a time, a burst's
+        files waited on a round trip each (measured: 10,000 orders left the folder 19 s
+        behind the last ACK). Each file is still written atomically; returns once every
+        rename is durable."""
+        await self._run(_put_many_in_writer, items)
+
     async def remove(self, item: StoredItem) -> None:
         await self._run(_remove_in_writer, item)
 
-    async def _run(self, job, item: StoredItem) -> None:
+    async def _run(self, job, item) -> None:
         loop = asyncio.get_running_loop()
         if not self.writer_process:
             await loop.run_in_executor(None, job, self._settings, item)
@@ -97,22 +104,32 @@ class FolderSink:
             self._pool = None
 
     def _put(self, item: StoredItem) -> None:
-        data = part10_bytes(item.dataset, item.item_key)
-        target = self.path_for(item)
-        self._prepare(target.parent)
-        with self._locked(target.parent):
-            tmp = target.with_name(f".{target.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
+        self._put_many([item])
+
+    def _put_many(self, items: list[StoredItem]) -> None:
+        # Grouped by folder: one lock and one fsync of the folder for its files.
+        by_folder: dict[Path, list[tuple[Path, bytes]]] = {}
+        for item in items:
+            target = self.path_for(item)
+            by_folder.setdefault(target.parent, []).append(
+                (target, part10_bytes(item.dataset, item.item_key)))
+        for folder, files in by_folder.items():
+            self._prepare(folder)
+            with self._locked(folder):
+                for target, data in files:
+                    tmp = target.with_name(f".{target.name}.tmp")
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    try:
+                        os.write(fd, data)
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    os.replace(tmp, target)
+                _fsync_dir(folder)
         if self.layout != "flat":
             # The station may have changed: the item must not stay in its old folder.
-            self._remove_everywhere(item.item_key, keep=target.parent)
+            for item in items:
+                self._remove_everywhere(item.item_key, keep=self.folder_for(item))
 
     def _remove_everywhere(self, item_key: str, keep: Path | None) -> None:
         name = file_name(item_key)
@@ -192,6 +209,10 @@ def _follow_parent(parent: int, log_settings: logprivacy.LogSettings) -> None:
 
 def _put_in_writer(settings: tuple[str, str, bool], item: StoredItem) -> None:
     _writer(settings)._put(item)
+
+
+def _put_many_in_writer(settings: tuple[str, str, bool], items: list[StoredItem]) -> None:
+    _writer(settings)._put_many(items)
 
 
 def _remove_in_writer(settings: tuple[str, str, bool], item: StoredItem) -> None:

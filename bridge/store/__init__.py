@@ -1,4 +1,5 @@
-"""The system of record: message journal, orders, worklist items, the sinks' outbox, MPPS.
+"""The system of record: message journal, orders, worklist items, the sinks' outbox, MPPS,
+the RIS outbound outbox, users and item history.
 
 `from bridge.store import ...` keeps working for every module: the names live in the
 backend modules and are re-exported here. `open_store` picks the backend from the URL:
@@ -14,12 +15,15 @@ from bridge.store.sqlite import (
     MPPS_FINAL,
     AsyncStore,
     Duplicate,
+    ItemFilter,
     ItemWrite,
     JournalEntry,
+    JournalFilter,
     Mpps,
     MppsFinal,
     MppsUnknown,
     OrderLookup,
+    OutboundRow,
     OutboxRow,
     OutboxState,
     SchemaTooNew,
@@ -29,6 +33,7 @@ from bridge.store.sqlite import (
     Store,
     StoredItem,
     StoreUnavailable,
+    User,
     is_storage_full,
 )
 
@@ -36,12 +41,15 @@ __all__ = [
     "MPPS_FINAL",
     "AsyncStore",
     "Duplicate",
+    "ItemFilter",
     "ItemWrite",
     "JournalEntry",
+    "JournalFilter",
     "Mpps",
     "MppsFinal",
     "MppsUnknown",
     "OrderLookup",
+    "OutboundRow",
     "OutboxRow",
     "OutboxState",
     "SchemaTooNew",
@@ -51,6 +59,7 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "StoredItem",
+    "User",
     "is_storage_full",
     "open_store",
     "store_url",

@@ -272,6 +272,31 @@ class PostgresStore(Store):
             row.attempts = max(row.attempts, r["attempts"])
         return list(by_item.values())
 
+    def outbound_claim(self, row_id: int, seconds: float) -> bool:
+        """Take a due row for `seconds` (the lease: a holder that dies gives it up then).
+        Two instances claiming the same row at once: the one that locks it first takes it,
+        the other skips it (SKIP LOCKED) or finds it claimed: each status is sent once."""
+        now = time.time()
+        cur = self.db.execute(
+            "UPDATE outbound SET claimed_until = ? WHERE id = (SELECT id FROM outbound "
+            "WHERE id = ? AND state = 'pending' AND claimed_until <= ? AND next_at <= ? "
+            "FOR UPDATE SKIP LOCKED)", (now + seconds, row_id, now, now))
+        return cur.rowcount == 1
+
+    # Searches (the web console): PostgreSQL's spelling of sqlite.py's helpers.
+
+    @staticmethod
+    def _contains(column: str) -> str:
+        return f"position(? IN {column}) > 0"  # text in text, bytes in bytea
+
+    @staticmethod
+    def _json_text(*path: str | int) -> str:
+        return f"(dataset::jsonb #>> '{{{','.join(str(p) for p in path)}}}')"
+
+    @staticmethod
+    def _minute(column: str) -> str:
+        return f"FLOOR({column} / 60)"  # CAST AS INTEGER would round, not truncate
+
     def outside_version(self) -> int:
         return 0  # other instances' changes come by listen(), not by polling
 

@@ -38,6 +38,8 @@ COLUMNS = [
 ]
 
 MPPS_FINAL = frozenset({"COMPLETED", "DISCONTINUED"})
+# The first scheduled step in an item's dataset, as a JSON path (searches).
+STEP: tuple[str | int, ...] = ("ScheduledProcedureStepSequence", 0)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -87,6 +89,43 @@ def is_storage_full(exc: BaseException) -> bool:
     if getattr(exc, "sqlstate", None) == "53100":  # PostgreSQL: disk_full
         return True
     return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
+@dataclass
+class JournalFilter:
+    """`GET /api/journal`: every given field must hold; text fields match anywhere."""
+
+    status: str | None = None
+    sender: str | None = None
+    message_type: str | None = None
+    control_id: str | None = None
+    patient_id: str | None = None  # found in the raw message
+    accession: str | None = None  # found in the raw message
+    since: float | None = None
+    until: float | None = None
+    text: str | None = None  # found in the raw message or the error
+
+
+@dataclass
+class ItemFilter:
+    status: str | None = None
+    modality: str | None = None  # of the first scheduled step
+    station: str | None = None  # ScheduledStationAETitle of the first step
+    date_from: str | None = None  # YYYYMMDD, first step's start date
+    date_to: str | None = None
+    patient_id: str | None = None
+    accession: str | None = None
+    text: str | None = None  # anywhere in the item's attributes
+    visible_only: bool = False
+
+
+@dataclass
+class User:
+    name: str
+    role: str
+    password_hash: str
+    created_at: float
+    updated_at: float
 
 
 @dataclass
@@ -169,6 +208,36 @@ class OutboxRow:
     attempts: int
 
 
+@dataclass
+class OutboundRow:
+    """One status message to a RIS (bridge/outbound/)."""
+
+    id: int
+    destination: str
+    order_key: str
+    item_keys: list[str]
+    event: str
+    mpps_uid: str
+    mpps: dict
+    created_at: float
+    state: str
+    attempts: int
+    next_at: float
+    message: bytes | None
+    control_id: str | None
+    ack_code: str | None
+    error: str | None
+    sent_at: float | None
+
+
+def _outbound(row: sqlite3.Row) -> OutboundRow:
+    d = dict(row)
+    d.pop("claimed_until")
+    d["item_keys"] = json.loads(d["item_keys"])
+    d["mpps"] = json.loads(d["mpps"])
+    return OutboundRow(**d)
+
+
 def _sps_start(dataset: dict) -> str:
     steps = dataset.get("ScheduledProcedureStepSequence") or [{}]
     step = steps[0] if isinstance(steps, list) and steps else {}
@@ -211,6 +280,11 @@ class Store:
     # Calls grouped into one transaction by AsyncStore (one fsync for several messages).
     max_group = 64
     _mpps_order = "rowid"  # the order in which an MPPS instance listed its items
+
+    # RIS destinations that get MPPS status messages (none: nothing is queued), and the
+    # events they get; the bridge sets both from `ris.*` (app.py).
+    outbound_destinations: tuple[str, ...] = ()
+    outbound_events: frozenset[str] = frozenset({"in_progress", "completed", "discontinued"})
 
     def __init__(self, path: Path, sinks: Iterable[str] = ()):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -598,6 +672,7 @@ class Store:
                                 [(uid, key) for key in item_keys])
             writes = self._status_writes(item_keys, status, visible, None)
             self._write_items(writes, None)
+            self._queue_outbound("in_progress", uid, attributes, item_keys)
         return writes
 
     def mpps_set(self, uid: str, state: str, modifications: dict,
@@ -612,6 +687,7 @@ class Store:
             if mpps.state in MPPS_FINAL:
                 raise MppsFinal(f"MPPS {uid} is {mpps.state}")
             mpps.attributes.update(modifications)
+            changed = bool(state) and state != mpps.state
             mpps.state = state or mpps.state
             mpps.updated_at = time.time()
             self.db.execute("UPDATE mpps SET state = ?, attributes = ?, updated_at = ? "
@@ -621,6 +697,9 @@ class Store:
             if item_status is not None:
                 writes = self._status_writes(mpps.item_keys, *item_status)
                 self._write_items(writes, None)
+            if changed:
+                self._queue_outbound(mpps.state.lower().replace(" ", "_"), uid,
+                                     mpps.attributes, mpps.item_keys)
         return mpps, writes
 
     def mpps(self, uid: str) -> Mpps | None:
@@ -637,6 +716,115 @@ class Store:
         return [r["uid"] for r in self.db.execute(
             f"SELECT uid FROM mpps_items WHERE item_key = ? ORDER BY {self._mpps_order}",
             (item_key,))]
+
+    # --- status to the RIS (outbound) ------------------------------------------------------
+
+    def _queue_outbound(self, event: str, uid: str, attributes: dict,
+                        item_keys: list[str]) -> None:
+        """Inside the MPPS transaction: one row per destination and per order the instance
+        performs, with the order's items and the instance as it is now."""
+        if not self.outbound_destinations or event not in self.outbound_events:
+            return
+        by_order: dict[str, list[str]] = {}
+        for key in item_keys:
+            item = self.item(key)
+            if item is not None:
+                by_order.setdefault(item.order_key, []).append(key)
+        now = time.time()
+        self.db.executemany(
+            "INSERT INTO outbound (destination, order_key, item_keys, event, mpps_uid, mpps, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(dest, order, json.dumps(keys), event, uid, json.dumps(attributes), now)
+             for dest in self.outbound_destinations for order, keys in by_order.items()])
+
+    def outbound_due(self, destination: str, limit: int = 50) -> list[OutboundRow]:
+        """Pending rows whose time has come and that no sender holds, oldest first, each
+        only when no older row of its order is still pending: in order per order."""
+        now = time.time()
+        rows = self.db.execute(
+            "SELECT * FROM outbound AS o WHERE destination = ? AND state = 'pending' AND "
+            "next_at <= ? AND claimed_until <= ? AND NOT EXISTS (SELECT 1 FROM outbound AS e "
+            "WHERE e.destination = o.destination AND e.order_key = o.order_key AND "
+            "e.state = 'pending' AND e.id < o.id) ORDER BY id LIMIT ?",
+            (destination, now, now, limit)).fetchall()
+        return [_outbound(r) for r in rows]
+
+    def outbound_claim(self, row_id: int, seconds: float) -> bool:
+        """Take a row for `seconds` (another sender on the same store leaves it alone)."""
+        now = time.time()
+        cur = self.db.execute("UPDATE outbound SET claimed_until = ? WHERE id = ? AND "
+                              "state = 'pending' AND claimed_until <= ?",
+                              (now + seconds, row_id, now))
+        return cur.rowcount == 1
+
+    def outbound_release(self, row_id: int) -> None:
+        """Give a claimed row back (a sender stopping mid-send): due again at once."""
+        self.db.execute("UPDATE outbound SET claimed_until = 0 WHERE id = ? AND "
+                        "state = 'pending'", (row_id,))
+
+    def outbound_built(self, row_id: int, message: bytes, control_id: str) -> None:
+        self.db.execute("UPDATE outbound SET message = ?, control_id = ? WHERE id = ?",
+                        (message, control_id, row_id))
+
+    def outbound_sent(self, row_id: int, ack_code: str) -> None:
+        """The RIS accepted it (full commit: a lost mark would send it again)."""
+        self.db.execute("UPDATE outbound SET state = 'sent', ack_code = ?, error = NULL, "
+                        "sent_at = ?, claimed_until = 0 WHERE id = ?",
+                        (ack_code, time.time(), row_id))
+
+    def outbound_retry(self, row_id: int, error: str, delay: float) -> None:
+        self.db.execute("UPDATE outbound SET attempts = attempts + 1, next_at = ?, error = ?, "
+                        "claimed_until = 0 WHERE id = ? AND state = 'pending'",
+                        (time.time() + delay, error, row_id))
+
+    def outbound_dead(self, row_id: int, ack_code: str | None, error: str) -> None:
+        """Refused by the RIS (AE/AR), or not buildable: stopped until replayed."""
+        self.db.execute("UPDATE outbound SET state = 'dead', attempts = attempts + 1, "
+                        "ack_code = ?, error = ?, claimed_until = 0 WHERE id = ?",
+                        (ack_code, error, row_id))
+
+    def outbound_replay(self, row_ids: Iterable[int]) -> list[int]:
+        """Dead rows pending again, rebuilt at their next attempt (after a fix of the
+        profile or of the RIS). Returns the IDs that were dead."""
+        replayed = []
+        with self._transaction():
+            for row_id in row_ids:
+                cur = self.db.execute(
+                    "UPDATE outbound SET state = 'pending', attempts = 0, next_at = 0, "
+                    "claimed_until = 0, message = NULL, control_id = NULL, ack_code = NULL "
+                    "WHERE id = ? AND state = 'dead'", (row_id,))
+                if cur.rowcount:
+                    replayed.append(row_id)
+        return replayed
+
+    def outbound_entries(self, state: str | None = None, limit: int = 100
+                         ) -> list[OutboundRow]:
+        sql, args = "SELECT * FROM outbound", ()
+        if state:
+            sql, args = sql + " WHERE state = ?", (state,)
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_outbound(r) for r in rows]
+
+    def outbound_entry(self, row_id: int) -> OutboundRow | None:
+        row = self.db.execute("SELECT * FROM outbound WHERE id = ?", (row_id,)).fetchone()
+        return _outbound(row) if row else None
+
+    def order_message(self, item_key: str) -> bytes | None:
+        """The raw order message that last wrote the item, while the journal keeps it:
+        outbound messages echo the order's identifiers as the RIS sent them."""
+        row = self.db.execute("SELECT j.raw FROM items AS i JOIN journal AS j ON "
+                              "j.id = i.journal_id WHERE i.item_key = ?", (item_key,)).fetchone()
+        return bytes(row["raw"]) if row else None
+
+    def purge_outbound(self, before: float) -> int:
+        """Delete messages the RIS accepted before `before` (journal retention)."""
+        cur = self.db.execute("DELETE FROM outbound WHERE state = 'sent' AND sent_at < ?",
+                              (before,))
+        return cur.rowcount
+
+    def outbound_depth(self, destination: str) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM outbound WHERE destination = ? AND "
+                                   "state = 'pending'", (destination,)).fetchone()[0])
 
     def items_with_status(self, statuses: Iterable[str], after: str = "",
                           limit: int = 2**62) -> list[StoredItem]:
@@ -780,6 +968,146 @@ class Store:
             "VALUES (?, ?, ?, 0, ?) ON CONFLICT (sink, item_key) DO UPDATE SET "
             "delivered = 0, removed_at = excluded.removed_at",
             (sink, item_key, remote_id, time.time()))
+
+    # --- for the HTTP server: users, searches, history, dashboard ------------------------
+
+    # What SQLite and PostgreSQL spell differently in searches; postgres.py overrides them.
+
+    @staticmethod
+    def _contains(column: str) -> str:
+        """`column` (text or bytes) holds the next parameter somewhere."""
+        return f"instr({column}, ?) > 0"
+
+    @staticmethod
+    def _json_text(*path: str | int) -> str:
+        """The value at `path` in the item's JSON dataset (keys and list indexes)."""
+        steps = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+        return f"json_extract(dataset, '${steps}')"
+
+    @staticmethod
+    def _minute(column: str) -> str:
+        """Whole minutes since the epoch of a time in seconds (rounded down)."""
+        return f"CAST({column} / 60 AS INTEGER)"
+
+
+    def user(self, name: str) -> User | None:
+        row = self.db.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+        return User(**dict(row)) if row else None
+
+    def users(self) -> list[User]:
+        return [User(**dict(r)) for r in self.db.execute("SELECT * FROM users ORDER BY name")]
+
+    def user_put(self, name: str, role: str, password_hash: str) -> None:
+        """Add a user or change an existing one's role and password."""
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO users (name, role, password_hash, created_at, updated_at) VALUES "
+            "(?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET role = excluded.role, "
+            "password_hash = excluded.password_hash, updated_at = excluded.updated_at",
+            (name, role, password_hash, now, now))
+
+    def user_delete(self, name: str) -> bool:
+        return self.db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount > 0
+
+    def journal_search(self, f: JournalFilter, limit: int = 50, offset: int = 0
+                       ) -> tuple[list[JournalEntry], int]:
+        """Entries matching `f`, newest first, and how many match in all."""
+        where, args = ["1 = 1"], []
+        for column in ("status", "sender", "message_type", "control_id"):
+            if getattr(f, column):
+                where.append(f"{column} = ?")
+                args.append(getattr(f, column))
+        for value in (f.patient_id, f.accession):
+            if value:
+                where.append(self._contains("raw"))
+                args.append(value.encode())
+        if f.text:
+            error = self._contains("COALESCE(error, '')")
+            where.append(f"({self._contains('raw')} OR {error})")
+            args += [f.text.encode(), f.text]
+        if f.since is not None:
+            where.append("received_at >= ?")
+            args.append(f.since)
+        if f.until is not None:
+            where.append("received_at < ?")
+            args.append(f.until)
+        sql = " AND ".join(where)
+        total = self.db.execute(f"SELECT COUNT(*) FROM journal WHERE {sql}", args).fetchone()[0]
+        rows = self.db.execute(f"SELECT * FROM journal WHERE {sql} ORDER BY id DESC "
+                               "LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
+        return [JournalEntry(**dict(r)) for r in rows], int(total)
+
+    def items_search(self, f: ItemFilter, limit: int = 50, offset: int = 0
+                     ) -> tuple[list[StoredItem], int]:
+        """Items matching `f`, by start of their first step (then key), and the total."""
+        where, args = ["1 = 1"], []
+        if f.status:
+            where.append("status = ?")
+            args.append(f.status.upper())
+        if f.visible_only:
+            where.append("visible = 1")
+        if f.modality:
+            where.append(f"{self._json_text(*STEP, 'Modality')} = ?")
+            args.append(f.modality)
+        if f.station:
+            where.append(f"{self._json_text(*STEP, 'ScheduledStationAETitle')} = ?")
+            args.append(f.station)
+        if f.date_from:
+            where.append("sps_start >= ?")
+            args.append(f.date_from)
+        if f.date_to:
+            where.append("sps_start != '' AND substr(sps_start, 1, 8) <= ?")
+            args.append(f.date_to)
+        if f.patient_id:
+            where.append("patient_id = ?")
+            args.append(f.patient_id)
+        if f.accession:
+            where.append(f"{self._json_text('AccessionNumber')} = ?")
+            args.append(f.accession)
+        if f.text:
+            where.append(self._contains("dataset"))
+            args.append(f.text)
+        sql = " AND ".join(where)
+        total = self.db.execute(f"SELECT COUNT(*) FROM items WHERE {sql}", args).fetchone()[0]
+        rows = self.db.execute(f"SELECT * FROM items WHERE {sql} ORDER BY sps_start, item_key "
+                               "LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
+        return [_item(r) for r in rows], int(total)
+
+    def item_history(self, item_key: str) -> list[dict]:
+        """Every change of an item, oldest first: time, status, visible, journal entry."""
+        rows = self.db.execute("SELECT at, status, visible, journal_id FROM item_history "
+                               "WHERE item_key = ? ORDER BY id", (item_key,)).fetchall()
+        return [{**dict(r), "visible": bool(r["visible"])} for r in rows]
+
+    def items_of_journal(self, journal_id: int) -> list[str]:
+        """The keys of the items a journal entry changed."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT item_key FROM item_history WHERE journal_id = ? ORDER BY 1",
+            (journal_id,))]
+
+    def journal_per_minute(self, since: float) -> list[tuple[int, str, int]]:
+        """(minute since the epoch, ACK code or '-', messages) from `since` on."""
+        rows = self.db.execute(
+            f"SELECT {self._minute('received_at')}, COALESCE(ack_code, '-'), COUNT(*) "
+            "FROM journal WHERE received_at >= ? GROUP BY 1, 2 ORDER BY 1", (since,))
+        return [(int(m), str(c), int(n)) for m, c, n in rows]
+
+    def outbox_summary(self) -> dict[str, dict]:
+        """Per sink: items waiting, dead items, and the last error of a failing change."""
+        out: dict[str, dict] = {s: {"depth": 0, "dead": 0, "last_error": None}
+                                for s in self.sinks}
+        for sink, state, n in self.db.execute(
+                "SELECT sink, state, COUNT(DISTINCT item_key) FROM outbox WHERE state != "
+                "'done' GROUP BY sink, state"):
+            out.setdefault(sink, {"depth": 0, "dead": 0, "last_error": None})
+            out[sink]["depth" if state == "pending" else "dead"] = int(n)
+        for sink, error in self.db.execute(
+                "SELECT sink, last_error FROM outbox WHERE last_error IS NOT NULL AND "
+                "state != 'done' AND id IN (SELECT MAX(id) FROM outbox WHERE last_error IS "
+                "NOT NULL AND state != 'done' GROUP BY sink)"):
+            out.setdefault(sink, {"depth": 0, "dead": 0, "last_error": None})
+            out[sink]["last_error"] = error
+        return out
 
 
 def _sink_state(row: sqlite3.Row) -> dict:

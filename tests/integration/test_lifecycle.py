@@ -132,8 +132,9 @@ async def test_hold_and_release(world: World) -> None:
 
 
 @pytest.mark.parametrize(("name", "err"), [
-    # ORC-1 SR (a post-exam state request) is in no order-control table: AE at ORC-1.
-    ("ans-teleradiologie__OMI_O23_v251_SR_flux4.hl7", b"|ORC^1^1^1|101^"),
+    # ORC-1 SR (a post-exam state request) is in no order-control table: AE at ORC-1, 103
+    # (table value not found).
+    ("ans-teleradiologie__OMI_O23_v251_SR_flux4.hl7", b"|ORC^1^1^1|103^"),
     # Five SC/CA order groups whose first ORC carries no order number: nothing to apply
     # them to, AE naming ORC-2 (the first source of the order key).
     ("msfhirconv__OMG-O19-02.hl7", b"|ORC^1^2^1|101^"),
@@ -148,7 +149,7 @@ async def test_unknown_order_control_is_ae_and_changes_nothing(world: World) -> 
     await world.send(orm("L5-1", order="L5", accession="L5ACC"))
     world.eventually(1, AccessionNumber="L5ACC")
     ack = await world.send(orm("L5-2", order="L5", accession="L5ACC", control="ZZ"))
-    assert ack_code(ack) == "AE" and b"ERR||ORC^1^1^1|101^" in ack
+    assert ack_code(ack) == "AE" and b"ERR||ORC^1^1^1|103^" in ack
     assert len(world.query(AccessionNumber="L5ACC")) == 1
 
 
