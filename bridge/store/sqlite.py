@@ -750,11 +750,12 @@ class Store:
         return [_outbound(r) for r in rows]
 
     def outbound_claim(self, row_id: int, seconds: float) -> bool:
-        """Take a row for `seconds` (another sender on the same store leaves it alone)."""
+        """Take a due row for `seconds` (another sender on the same store leaves it alone;
+        one that listed it before its retry was scheduled does not send it early)."""
         now = time.time()
         cur = self.db.execute("UPDATE outbound SET claimed_until = ? WHERE id = ? AND "
-                              "state = 'pending' AND claimed_until <= ?",
-                              (now + seconds, row_id, now))
+                              "state = 'pending' AND claimed_until <= ? AND next_at <= ?",
+                              (now + seconds, row_id, now, now))
         return cur.rowcount == 1
 
     def outbound_release(self, row_id: int) -> None:
