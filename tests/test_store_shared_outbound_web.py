@@ -283,3 +283,104 @@ def test_outbox_summary(config, backend) -> None:
         assert summary["orthanc"] == {"depth": 1, "dead": 1, "last_error": "HTTP 500"}
     finally:
         store.close()
+
+
+# --- /healthz on the HTTP server ----------------------------------------------------------------
+
+class DatabaseLink:
+    """A TCP forwarder to PostgreSQL on a thread of its own (the store connects from its
+    own thread, some of it while the test's event loop is busy): `cut` drops every
+    connection and refuses new ones, as a database going away does; `restore` accepts
+    again."""
+
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.restore()
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def restore(self) -> None:
+        async def listen() -> None:
+            self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+        self._call(listen())
+
+    def cut(self) -> None:
+        async def cut() -> None:
+            assert self.server is not None
+            self.server.close()
+            for w in list(self.writers):
+                w.transport.abort()
+            self.writers.clear()
+        self._call(cut())
+
+    def close(self) -> None:
+        self.cut()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_healthz_is_503_while_the_database_is_away(config, backend, tmp_path) -> None:
+    if backend != "postgres":
+        pytest.skip("a SQLite file does not go away (test_storage_full: a full disk)")
+    from urllib.parse import urlsplit, urlunsplit
+
+    import httpx
+
+    from bridge.app import Bridge
+
+    url = urlsplit(config.store.url)
+    link = DatabaseLink(url.hostname or "127.0.0.1", url.port or 5432)
+    netloc = f"{url.username}:{url.password}@127.0.0.1:{link.port}"
+    env = {"BRIDGE_DATA_DIR": str(tmp_path / "h1"), "BRIDGE_MLLP__PORT": "0",
+           "BRIDGE_SCP__PORT": "0", "BRIDGE_HTTP__PORT": "0",
+           "BRIDGE_MAPPINGS__WATCH_SECONDS": "0", "BRIDGE_STORE__INSTANCE": "h1",
+           "BRIDGE_STORE__URL": urlunsplit(url._replace(netloc=netloc))}
+    bridge = Bridge(load_config(ROOT / "config.yaml", environ=env))
+    await bridge.start()
+    try:
+        assert bridge.http_port
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bridge.http_port}",
+                                     timeout=20) as http:
+            up = await http.get("/healthz")
+            assert up.status_code == 200, up.text
+            assert up.json()["status"] == "ok" and up.json()["ready"] is True
+            link.cut()
+            down = await http.get("/healthz")
+            assert down.status_code == 503, down.text
+            body = down.json()
+            assert (body["status"], body["ready"], body["database_reachable"],
+                    body["instance"]) == ("not ready", False, False, "h1")
+            assert "bridge_test:***@127.0.0.1" in body["database"]  # no password
+            link.restore()  # the database is back: ready again, nothing to do by hand
+            again = await http.get("/healthz")
+            assert again.status_code == 200 and again.json()["ready"] is True
+    finally:
+        await bridge.stop()
+        link.close()
