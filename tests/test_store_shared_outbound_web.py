@@ -259,6 +259,39 @@ async def test_item_history_and_searches(processor, backend) -> None:
     assert items(date_to="20240114") == 0 and items(status="discontinued") == 1
 
 
+def test_user_and_outbound_commands_use_the_configured_database(config, backend,
+                                                                tmp_path) -> None:
+    """`user add` and `outbound list` on the command line work on the store of
+    `store.url` (the shared database), not on a SQLite file of their own."""
+    import subprocess
+    import sys
+
+    from peers import bridge_env
+
+    env = bridge_env(BRIDGE_DATA_DIR=str(config.data_dir))
+    if config.store.url:
+        env["BRIDGE_STORE__URL"] = config.store.url
+
+    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bridge", *args, "--config",
+                               str(ROOT / "config.yaml")], input=stdin, capture_output=True,
+                              text=True, timeout=60, cwd=tmp_path, env=env)
+
+    store = _store(config)
+    try:
+        store.mpps_create("1.2.3.1", "CT01", [_item(store, 1)], MPPS_START, "STARTED", False)
+        added = cli("user", "add", "alice", "--role", "admin", "--password-stdin",
+                    stdin="correct horse\n")
+        assert added.returncode == 0, added.stderr
+        alice = store.user("alice")
+        assert alice is not None and alice.role == "admin"
+        listed = cli("outbound", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "in_progress" in listed.stdout and "O1" in listed.stdout
+    finally:
+        store.close()
+
+
 def test_messages_per_minute_round_down(config, backend) -> None:
     store = _store(config)
     try:
