@@ -15,9 +15,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
 # PostgreSQL for the store tests on both backends (tests/conftest.py): a server already
-# listening on 127.0.0.1:5432 is used (CI machines have one; set BRIDGE_TEST_PG_URL to
+# listening on 127.0.0.1:5432 is used (CI machines have one; set PG_TEST_URL to
 # point elsewhere); otherwise Debian's postgresql is installed and its cluster started.
-if [ -z "${BRIDGE_TEST_PG_URL:-}" ]; then
+if [ -z "${PG_TEST_URL:-}" ]; then
   pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
   if ! pg_up; then
     if ! command -v pg_ctlcluster >/dev/null; then
@@ -29,7 +29,7 @@ if [ -z "${BRIDGE_TEST_PG_URL:-}" ]; then
     for _ in $(seq 30); do pg_up && break; sleep 1; done
   fi
   # The test role and database (once; harmless when they exist). Needs the local
-  # postgres superuser: on a server we cannot administer, set BRIDGE_TEST_PG_URL instead.
+  # postgres superuser: on a server we cannot administer, set PG_TEST_URL instead.
   if command -v psql >/dev/null && id postgres >/dev/null 2>&1; then
     as_root su postgres -c "psql -q -v ON_ERROR_STOP=1" >/dev/null <<'SQL' || true
 DO $$ BEGIN
@@ -41,7 +41,7 @@ SQL
     as_root su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname = 'bridge_test'\"" \
       | grep -q 1 || as_root su postgres -c "createdb -O bridge_test bridge_test"
   fi
-  export BRIDGE_TEST_PG_URL="postgresql://bridge_test:bridge_test@127.0.0.1:5432/bridge_test"
+  export PG_TEST_URL="postgresql://bridge_test:bridge_test@127.0.0.1:5432/bridge_test"
 fi
 .venv/bin/ruff check .
 set +e

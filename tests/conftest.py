@@ -2,7 +2,7 @@
 
 Test modules marked `pytestmark = pytest.mark.backends` run every test that takes
 `config` (or `processor`) on both stores: SQLite in the test's folder, and a fresh schema
-of the PostgreSQL database at BRIDGE_TEST_PG_URL (scripts/test.sh starts one). With no
+of the PostgreSQL database at PG_TEST_URL (scripts/test.sh starts one). With no
 server there, the PostgreSQL half fails in CI (env CI set) and skips, loudly, elsewhere.
 """
 
@@ -20,7 +20,7 @@ from bridge.processor import Processor
 from bridge.store import AsyncStore, open_store, store_url
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_URL = os.environ.get("BRIDGE_TEST_PG_URL",
+PG_URL = os.environ.get("PG_TEST_URL",
                         "postgresql://bridge_test:bridge_test@127.0.0.1:5432/bridge_test")
 
 

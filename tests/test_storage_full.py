@@ -98,7 +98,8 @@ def test_recover_on_a_full_disk_raises_storage_full_not_a_sqlite_error(tmp_path)
 async def test_the_bridge_starts_on_a_full_disk_and_healthz_says_so(tmp_path, caplog) -> None:
     config = load_config(ROOT / "config.yaml", environ={
         "BRIDGE_DATA_DIR": str(tmp_path / "data"), "BRIDGE_MLLP__PORT": "0",
-        "BRIDGE_METRICS__PORT": "0", "BRIDGE_MAPPINGS__WATCH_SECONDS": "0"})
+        "BRIDGE_SCP__PORT": "0", "BRIDGE_HTTP__PORT": "0",  # never a running bridge's ports
+        "BRIDGE_MAPPINGS__WATCH_SECONDS": "0"})
     first = Store(config.store_path)
     for _ in range(200):  # unanswered messages of a previous run, to mark at start-up
         first.journal_received(b"MSH|^~\\&|A|B|C|D|||ORM^O01|X|P|2.3", "p")
