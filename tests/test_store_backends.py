@@ -380,6 +380,55 @@ async def test_an_order_committed_on_one_bridge_is_in_the_others_index_within_a_
         await b.stop()
 
 
+async def test_a_late_catch_up_read_never_puts_an_older_item_into_the_index(
+        config, backend, tmp_path) -> None:
+    """B's catch-up read (after a lost notification connection) read an order before A
+    cancelled it, and its result reaches B's index after the cancellation's notification:
+    the index keeps the newer state (the item's version), the order stays gone."""
+    if backend != "postgres":
+        pytest.skip("one bridge per SQLite file")
+    from conftest import ROOT
+
+    from bridge.app import Bridge
+    from bridge.config import load_config
+
+    def bridge_config(name: str):
+        env = {"BRIDGE_DATA_DIR": str(tmp_path / name), "BRIDGE_MLLP__PORT": "0",
+               "BRIDGE_SCP__PORT": "0", "BRIDGE_METRICS__ENABLED": "false",
+               "BRIDGE_MAPPINGS__WATCH_SECONDS": "0", "BRIDGE_STORE__URL": config.store.url,
+               "BRIDGE_STORE__INSTANCE": name}
+        return load_config(ROOT / "config.yaml", environ=env)
+
+    a, b = Bridge(bridge_config("a")), Bridge(bridge_config("b"))
+    await a.start()
+    await b.start()
+
+    async def in_b(key: str, present: bool) -> bool:
+        for _ in range(100):
+            if (b.scp.index.get(key) is not None) == present:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    try:
+        new = await a.processor.handle(orm("V1", order="VER").encode(), "t")
+        [write] = new.writes
+        assert (new.code, write.version) == ("AA", 1)
+        assert await in_b(write.item_key, True)
+        late = await b.store.run(b.store.store.items_changed_since, 0.0)  # read now...
+        cancel = await a.processor.handle(orm("V2", order="VER", control="CA",
+                                              status="CA").encode(), "t")
+        assert (cancel.code, cancel.writes[0].version) == ("AA", 2)
+        assert await in_b(write.item_key, False)
+        b._apply_outside(late)  # ...arriving after the newer notification
+        assert b.scp.index.get(write.item_key) is None
+        b._apply_outside(await b.store.run(b.store.store.items_changed_since, 0.0))
+        assert b.scp.index.get(write.item_key) is None
+    finally:
+        await a.stop()
+        await b.stop()
+
+
 def test_store_url_picks_the_backend_and_defaults_to_the_sqlite_file(tmp_path) -> None:
     from conftest import ROOT
 

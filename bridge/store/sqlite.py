@@ -138,6 +138,7 @@ class StoredItem:
     patient_id: str
     updated_at: float
     final: bool = False  # the status sticks (lifecycle.py)
+    version: int = 0  # counts the item's writes (see ItemWrite.version)
 
 
 @dataclass
@@ -150,6 +151,8 @@ class ItemWrite:
     visible: bool
     dataset: dict
     final: bool | None = None  # None: as stored (a new item: not final)
+    # Set by the store when written (items.version); 0: not known, newer than any.
+    version: int = 0
 
 
 @dataclass
@@ -288,7 +291,7 @@ def _lock_names(orders: list[OrderLookup], seen: dict[str, list[StoredItem]],
 def _item(row: sqlite3.Row) -> StoredItem:
     return StoredItem(row["item_key"], row["order_key"], row["status"], bool(row["visible"]),
                       json.loads(row["dataset"]), row["patient_id"], row["updated_at"],
-                      bool(row["final"]))
+                      bool(row["final"]), row["version"])
 
 
 class Store:
@@ -596,7 +599,7 @@ class Store:
         now = time.time()
         for w in writes:
             final = None if w.final is None else int(w.final)
-            self.db.execute(
+            w.version = self.db.execute(
                 "INSERT INTO items (item_key, order_key, status, visible, dataset, patient_id, "
                 "sps_start, updated_at, journal_id, final) VALUES (?, ?, ?, ?, ?, ?, ?, "
                 "?, ?, COALESCE(?, 0)) "
@@ -605,10 +608,11 @@ class Store:
                 "dataset = excluded.dataset, patient_id = excluded.patient_id, "
                 "sps_start = excluded.sps_start, updated_at = excluded.updated_at, "
                 "journal_id = COALESCE(excluded.journal_id, items.journal_id), "
-                "final = COALESCE(?, items.final)",
+                "final = COALESCE(?, items.final), version = items.version + 1 "
+                "RETURNING version",
                 (w.item_key, w.order_key, w.status, int(w.visible),
                  json.dumps(w.dataset, ensure_ascii=False), str(w.dataset.get("PatientID", "")),
-                 _sps_start(w.dataset), now, journal_id, final, final))
+                 _sps_start(w.dataset), now, journal_id, final, final)).fetchone()[0]
             for sink in self.sinks:
                 self.db.execute("INSERT INTO outbox (sink, item_key, created_at) VALUES (?, ?, ?)",
                                 (sink, w.item_key, now))
