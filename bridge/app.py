@@ -259,7 +259,8 @@ class Bridge:
     def _apply_outside(self, items: list[StoredItem]) -> None:
         if not items:
             return
-        writes = [ItemWrite(i.item_key, i.order_key, i.status, i.visible, i.dataset)
+        writes = [ItemWrite(i.item_key, i.order_key, i.status, i.visible, i.dataset,
+                            version=i.version)
                   for i in items]
         for listener in self.change_listeners:
             listener(writes)

@@ -66,8 +66,9 @@ class Housekeeper:
         self._version = version
         changed = await self.store.run(self.store.store.items_changed_since, self._seen - 1.0)
         self._seen = now
-        writes = [ItemWrite(i.item_key, i.order_key, i.status, i.visible, i.dataset)
-                  for i in changed]
+        # With their versions: a re-read older than a commit since is ignored by the index.
+        writes = [ItemWrite(i.item_key, i.order_key, i.status, i.visible, i.dataset,
+                            version=i.version) for i in changed]
         if writes:
             # Our own commits of the interval come back too: listeners are idempotent.
             self.on_change(writes)

@@ -165,11 +165,13 @@ class Processor:
             mapped = None
             lookups: list[OrderLookup] = []
             existing: dict[str, list[StoredItem]] | None = None
+            patients: dict[str, list[StoredItem]] | None = None  # an ADT's, as planned on
             if isinstance(profile, PatientProfile):
                 previous = await self._previous(header)
                 if previous is not None:
                     return await self._duplicate(journal_id, header, previous)
-                writes = await self._patient_writes(msg, profile, prepared.updates or [])
+                writes, patients = await self._patient_writes(msg, profile,
+                                                              prepared.updates or [])
                 warnings: list[str] = []
                 identifiers: list[tuple[str, str, str]] = []
             else:
@@ -190,10 +192,14 @@ class Processor:
                     if previous is not None:
                         return await self._duplicate(journal_id, header, previous)
                     writes, warnings, identifiers = self._plan(msg, mapped, existing)
+                elif attempt > 1:
+                    assert isinstance(profile, PatientProfile)
+                    writes, patients = await self._patient_writes(msg, profile,
+                                                                  prepared.updates or [])
                 try:
                     await self.store.run(self.store.store.commit_message, journal_id, header,
                                          writes, "AA", ack, "; ".join(warnings) or None,
-                                         identifiers, lookups, existing)
+                                         identifiers, lookups, existing, patients)
                     break
                 except Duplicate as dup:  # the same message committed at the same moment
                     return await self._duplicate(journal_id, header, dup.previous)
@@ -389,14 +395,17 @@ class Processor:
         return writes, notes, identifiers
 
     async def _patient_writes(self, msg: Message, profile: PatientProfile,
-                              updates: list[PatientUpdate]) -> list[ItemWrite]:
+                              updates: list[PatientUpdate]
+                              ) -> tuple[list[ItemWrite], dict[str, list[StoredItem]]]:
+        """The writes of an ADT message, planned on its patients' items as read in one
+        trip to the store, and those items (the commit refuses the plan, Stale, when another
+        message or instance changed them meanwhile)."""
         event = msg.header(9, 2)
         if not updates:
             raise Rejection("AE", AckError(
                 acks.SEGMENT_SEQUENCE_ERROR, f"no {profile.group_segment} segment: the message "
                 "names no patient", ErrorLocation(profile.group_segment, 1)))
         charset = msg.decoded.charset.dicom
-        writes: list[ItemWrite] = []
         for update in updates:
             if event in MOVE_EVENTS and not update.prior_id:
                 path = profile.prior_id.sources[0] if profile.prior_id.sources else None
@@ -406,12 +415,20 @@ class Processor:
                     "patient.prior_id"), msg, profile.group_segment, update.group_index)
             if charset and update.attributes:
                 update.attributes["SpecificCharacterSet"] = charset
-            whose = update.prior_id if event in MOVE_EVENTS else update.patient_id
-            items = await self.store.run(self.store.store.items_of_patient, whose)
-            writes.extend(patient_writes(event, update.patient_id, update.attributes, items,
+
+        def whose(update: PatientUpdate) -> str:
+            return update.prior_id if event in MOVE_EVENTS else update.patient_id
+
+        # The merge's target too: its lock keeps a concurrent update of it out.
+        names = {whose(u) for u in updates} | {u.patient_id for u in updates}
+        state = await self.store.run(self.store.store.patients_state, sorted(names))
+        writes: list[ItemWrite] = []
+        for update in updates:
+            writes.extend(patient_writes(event, update.patient_id, update.attributes,
+                                         state[whose(update)],
                                          self.control.visible,
                                          self.config.lifecycle.arrive_on_a10))
-        return writes
+        return writes, state
 
     @staticmethod
     def _field_rejection(exc: MappingFieldError, msg: Message | None = None,

@@ -64,6 +64,18 @@ def backend(request) -> str:
 
 
 @pytest.fixture
+def store_target(backend: str):
+    """For tests that start a bridge themselves: a fresh PostgreSQL schema's URL (dropped
+    afterwards) when the backend is postgres, else None (the SQLite file in data_dir)."""
+    if backend == "postgres":
+        url = pg_schema_url()
+        yield url
+        drop_schema(url)
+    else:
+        yield None
+
+
+@pytest.fixture
 def config(tmp_path: Path, backend: str):
     cfg = load_config(ROOT / "config.yaml", environ={"BRIDGE_DATA_DIR": str(tmp_path / "data")})
     if backend == "postgres":

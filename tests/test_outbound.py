@@ -22,7 +22,7 @@ from bridge.outbound.profile import load_outbound
 from bridge.outbound.sender import read_ack
 from bridge.outbound.worker import OutboundWorker
 from bridge.processor import Processor
-from bridge.store import AsyncStore, Store
+from bridge.store import AsyncStore, Store, open_store, store_url
 from bridge.validate import check_bytes
 
 from orders import orm
@@ -43,19 +43,34 @@ MPPS_END = {"00400250": {"vr": "DA", "Value": ["20240115"]},
             "00400252": {"vr": "CS", "Value": ["COMPLETED"]}}
 
 
-def _config(tmp_path: Path, ris_port: int = 2, **extra: str):
+pytestmark = pytest.mark.backends
+
+
+def _config(tmp_path: Path, ris_port: int = 2, database: str | None = None, **extra: str):
+    """`database`: the store's URL (PostgreSQL, the `store_target` fixture), else SQLite."""
     env = {"BRIDGE_DATA_DIR": str(tmp_path / "data"), "BRIDGE_RIS__ENABLED": "true",
            "BRIDGE_RIS__PORT": str(ris_port), "BRIDGE_RIS__MIN_BACKOFF": "0.05",
            "BRIDGE_RIS__MAX_BACKOFF": "0.2", "BRIDGE_RIS__ACK_TIMEOUT": "1",
            "BRIDGE_RIS__CONNECT_TIMEOUT": "1", **extra}
+    if database:
+        env["BRIDGE_STORE__URL"] = database
     return load_config(ROOT / "config.yaml", environ=env)
 
 
+def _cli_config(tmp_path: Path, config, text: str) -> Path:
+    """A config file for the command line, on the same store as `config`."""
+    if config.store.url:
+        text += f"store:\n  url: '{config.store.url}'\n"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(text)
+    return cfg
+
+
 @pytest.fixture
-async def bench(tmp_path: Path):
+async def bench(tmp_path: Path, store_target):
     """A processor and its store with the RIS destination on; yields (config, processor)."""
-    config = _config(tmp_path, free_port())
-    store = AsyncStore(Store(config.store_path, ["folder"]))
+    config = _config(tmp_path, free_port(), store_target)
+    store = AsyncStore(open_store(store_url(config), ["folder"]))
     store.store.outbound_destinations = ("ris",)
     proc = Processor(config, load_profiles(config.mappings.dir), store)
     yield config, proc
@@ -246,9 +261,9 @@ def test_ack_reading_gives_the_ris_error_text() -> None:
 
 # --- the sender against a real MLLP RIS ---------------------------------------------------------
 
-async def _worker_bench(tmp_path: Path, ris_port: int):
-    config = _config(tmp_path, ris_port)
-    store = AsyncStore(Store(config.store_path, ["folder"]))
+async def _worker_bench(tmp_path: Path, ris_port: int, database: str | None):
+    config = _config(tmp_path, ris_port, database)
+    store = AsyncStore(open_store(store_url(config), ["folder"]))
     store.store.outbound_destinations = ("ris",)
     proc = Processor(config, load_profiles(config.mappings.dir), store)
     keys = await _order(proc, orm("M1", placer="PL1^RISNS").encode())
@@ -265,10 +280,10 @@ async def _until(predicate, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_down_ris_then_up_gets_the_message_once(tmp_path: Path) -> None:
+async def test_down_ris_then_up_gets_the_message_once(tmp_path: Path, store_target) -> None:
     port = free_port()
     ris = RisSimulator(port)
-    store, keys, worker = await _worker_bench(tmp_path, port)
+    store, keys, worker = await _worker_bench(tmp_path, port, store_target)
     db = store.store
     try:
         await store.run(db.mpps_create, "1.2.3.8", "CT01", keys, MPPS_START, "STARTED", False)
@@ -288,12 +303,13 @@ async def test_down_ris_then_up_gets_the_message_once(tmp_path: Path) -> None:
         store.close()
 
 
-async def test_ae_marks_dead_with_the_ris_text_and_replay_sends_again(tmp_path: Path) -> None:
+async def test_ae_marks_dead_with_the_ris_text_and_replay_sends_again(tmp_path: Path,
+                                                                     store_target) -> None:
     port = free_port()
     ris = RisSimulator(port)
     ris.set_answer("AE", "Order PL1 unknown here")
     ris.start()
-    store, keys, worker = await _worker_bench(tmp_path, port)
+    store, keys, worker = await _worker_bench(tmp_path, port, store_target)
     db = store.store
     try:
         await store.run(db.mpps_create, "1.2.3.9", "CT01", keys, MPPS_START, "STARTED", False)
@@ -320,12 +336,12 @@ async def test_ae_marks_dead_with_the_ris_text_and_replay_sends_again(tmp_path: 
         store.close()
 
 
-async def test_a_silent_ris_gets_the_same_message_again(tmp_path: Path) -> None:
+async def test_a_silent_ris_gets_the_same_message_again(tmp_path: Path, store_target) -> None:
     port = free_port()
     ris = RisSimulator(port)
     ris.set_answer("silent")
     ris.start()
-    store, keys, worker = await _worker_bench(tmp_path, port)
+    store, keys, worker = await _worker_bench(tmp_path, port, store_target)
     db = store.store
     try:
         await store.run(db.mpps_create, "1.2.3.10", "CT01", keys, MPPS_START, "STARTED", False)
@@ -346,12 +362,12 @@ async def test_a_silent_ris_gets_the_same_message_again(tmp_path: Path) -> None:
 # --- the CLI --------------------------------------------------------------------------------
 
 async def test_preview_and_list(bench, tmp_path: Path, capsys) -> None:
-    _, proc = bench
+    config, proc = bench
     db = proc.store.store
     keys = await _order(proc, orm("M1", placer="PL3^RISNS").encode())
     db.mpps_create("1.2.3.11", "CT01", keys, MPPS_START, "STARTED", False)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nmappings:\n  dir: {ROOT / 'mappings'}\n")
+    cfg = _cli_config(tmp_path, config,
+                      f"data_dir: {tmp_path / 'data'}\nmappings:\n  dir: {ROOT / 'mappings'}\n")
     assert main(["outbound", "preview", keys[0], "--state", "in progress", "--trace",
                  "--config", str(cfg)]) == 0
     out, err = capsys.readouterr()
@@ -409,11 +425,12 @@ async def test_discontinued_is_configurable_and_can_be_switched_off(tmp_path: Pa
             store.close()
 
 
-async def test_a_broken_profile_on_reload_keeps_the_previous_one(tmp_path: Path) -> None:
+async def test_a_broken_profile_on_reload_keeps_the_previous_one(tmp_path: Path,
+                                                                 store_target) -> None:
     file = tmp_path / "mine.yaml"
     file.write_text((OUTBOUND / "outbound-orm-status.yaml").read_text())
-    config = _config(tmp_path, free_port())
-    store = AsyncStore(Store(config.store_path))
+    config = _config(tmp_path, free_port(), store_target)
+    store = AsyncStore(open_store(store_url(config)))
     try:
         worker = OutboundWorker(config.ris, load_outbound(file), store)
         file.write_text(file.read_text().replace("ORC-1: event.control", "ORC-1: event.x"))
@@ -448,13 +465,13 @@ async def test_each_ipc_echoes_its_own_item_even_with_long_ids(bench) -> None:
     assert [ipc[4] for ipc in ipcs] == ["B-SCHEDULED-STEP-0001"]  # as sent, not cut
 
 
-async def test_a_stopped_sender_gives_its_row_back(tmp_path: Path) -> None:
+async def test_a_stopped_sender_gives_its_row_back(tmp_path: Path, store_target) -> None:
     port = free_port()
     ris = RisSimulator(port)
     ris.set_answer("silent")
     ris.start()
-    config = _config(tmp_path, port, BRIDGE_RIS__ACK_TIMEOUT="30")
-    store = AsyncStore(Store(config.store_path, ["folder"]))
+    config = _config(tmp_path, port, store_target, BRIDGE_RIS__ACK_TIMEOUT="30")
+    store = AsyncStore(open_store(store_url(config), ["folder"]))
     store.store.outbound_destinations = ("ris",)
     db = store.store
     try:
@@ -477,15 +494,14 @@ async def test_a_stopped_sender_gives_its_row_back(tmp_path: Path) -> None:
 
 async def test_dead_messages_are_listed_shown_and_replayed_from_the_cli(bench, tmp_path: Path,
                                                                          capsys) -> None:
-    _, proc = bench
+    config, proc = bench
     db = proc.store.store
     keys = await _order(proc, orm("M1").encode())
     db.mpps_create("1.2.3.16", "CT01", keys, MPPS_START, "STARTED", False)
     row = db.outbound_entries()[0]
     db.outbound_built(row.id, b"MSH|^~\\&|HL7WB\rORC|SC\r", "WB1.X")
     db.outbound_dead(row.id, "AE", "Order PL1 unknown here")
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    cfg = _cli_config(tmp_path, config, f"data_dir: {tmp_path / 'data'}\n")
     assert main(["outbound", "list", "--dead", "--config", str(cfg)]) == 0
     out, _ = capsys.readouterr()
     assert "dead" in out and "AE" in out and "Order PL1 unknown here" in out

@@ -23,7 +23,7 @@ from bridge.config import ScpAeOptions, ScpConfig
 from bridge.lifecycle import Status
 from bridge.scp.index import WorklistIndex
 from bridge.scp.server import WorklistScp, all_visible_statuses, set_nodelay
-from bridge.store import ItemWrite, Store
+from bridge.store import ItemWrite, Store, open_store
 
 
 def item(accession: str, name: str, station: str, status: str = "SCHEDULED",
@@ -81,6 +81,7 @@ class StoreMpps:
 class Server:
     def __init__(self, config: ScpConfig, items: list[ItemWrite], store: Store | None = None):
         store = store or Store(Path(":memory:"))
+        self.target: str | Path = ""  # where the store is: opened again after a restart
         self.index = WorklistIndex(all_visible_statuses(config))
         self.index.apply(items)
         store.write_items(items)
@@ -94,7 +95,9 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path, store_target) -> Iterator[Server]:
+    """The MPPS tests (marked `backends`) run on SQLite and PostgreSQL; the others on
+    SQLite (`store_target` None)."""
     config = ScpConfig(
         port=0, allowed_calling_aes=[],
         calling_aes={
@@ -105,8 +108,10 @@ def server(tmp_path: Path) -> Iterator[Server]:
             "CASELESS": ScpAeOptions(pn_case_insensitive=True),
             "NURSE": ScpAeOptions(visible_statuses=["SCHEDULED", "ARRIVED", "STARTED"]),
         })
-    store = Store(tmp_path / "scp.sqlite")
+    target = store_target or tmp_path / "scp.sqlite"
+    store = open_store(target)
     s = Server(config, ITEMS, store)
+    s.target = target
     yield s
     s.scp.stop()
     store.close()
@@ -258,6 +263,7 @@ def mpps_create(accession: str) -> Dataset:
     return ds
 
 
+@pytest.mark.backends
 def test_mpps_in_progress_then_completed(server: Server) -> None:
     assoc = associate(server.port, "CT2")
     uid = "1.2.826.0.1.3680043.9.999.1"
@@ -292,7 +298,8 @@ def test_response_character_sets() -> None:
     assert "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet
 
 
-def test_mpps_survives_a_restart_of_the_scp(server: Server, tmp_path: Path) -> None:
+@pytest.mark.backends
+def test_mpps_survives_a_restart_of_the_scp(server: Server) -> None:
     """N-CREATE, then the SCP (and its store connection) replaced by new ones on the same
     database file, then N-SET COMPLETED: found in the store, accepted, the item COMPLETED.
     The old SCP kept instances in memory and answered 0x0112 here."""
@@ -304,7 +311,7 @@ def test_mpps_survives_a_restart_of_the_scp(server: Server, tmp_path: Path) -> N
     server.scp.stop()
     server.mpps.store.close()
 
-    store = Store(tmp_path / "scp.sqlite")  # the restarted bridge opens the same file
+    store = open_store(server.target)  # the restarted bridge opens the same database
     try:
         index = WorklistIndex(frozenset({"SCHEDULED", "ARRIVED"}))
         index.load(store.items_with_status(index.statuses))
@@ -335,6 +342,7 @@ def test_mpps_survives_a_restart_of_the_scp(server: Server, tmp_path: Path) -> N
         store.close()
 
 
+@pytest.mark.backends
 def test_mpps_duplicate_instance(server: Server) -> None:
     assoc = associate(server.port, "CT2")
     uid = "1.2.826.0.1.3680043.9.999.2"

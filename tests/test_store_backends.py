@@ -123,6 +123,91 @@ def test_a_plan_on_changed_items_is_refused(config) -> None:
         second.close()
 
 
+def adt(event: str, control_id: str, pid: str, name: str, mrg: str | None = None) -> bytes:
+    segments = [f"MSH|^~\\&|ADT|HOSP|BRIDGE|IMG|20240101||ADT^{event}|{control_id}|P|2.5",
+                f"EVN|{event}|20240101", f"PID|||{pid}^^^HOSP||{name}"]
+    if mrg is not None:
+        segments.append(f"MRG|{mrg}^^^HOSP")
+    return ("\r".join(segments) + "\r").encode()
+
+
+def test_a_patient_plan_on_changed_items_is_refused(config) -> None:
+    """An ADT message's plan rests on its patients' items as read: another instance's
+    write to them in between makes the commit refuse it (Stale), as for orders."""
+    first, second = open_store(store_url(config)), open_store(store_url(config))
+    try:
+        write = ItemWrite("O^RIS|1", "O^RIS", "SCHEDULED", True, {"PatientID": "P1"})
+        second.write_items([write])
+        j1 = first.journal_received(b"one", "p")
+        patients = first.patients_state(["P1", "P2"])
+        assert [i.item_key for i in patients["P1"]] == ["O^RIS|1"] and patients["P2"] == []
+        second.write_items([ItemWrite("O^RIS|1", "O^RIS", "SCHEDULED", True,
+                                      {"PatientID": "P1", "PatientName": "OTHER"})])
+        merged = ItemWrite("O^RIS|1", "O^RIS", "SCHEDULED", True, {"PatientID": "P2"})
+        with pytest.raises(Stale):
+            first.commit_message(j1, {"control_id": "C1", "sender": "ADT"}, [merged], "AA",
+                                 b"a1", patients=patients)
+        assert first.journal_entry(j1).status == "received"  # nothing of it was written
+        assert first.item("O^RIS|1").dataset["PatientName"] == "OTHER"
+        first.commit_message(j1, {"control_id": "C1", "sender": "ADT"}, [merged], "AA",
+                             b"a1", patients=first.patients_state(["P1", "P2"]))
+        assert second.item("O^RIS|1").patient_id == "P2"
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_a_merge_and_an_update_of_one_patient_at_once_never_mix(config) -> None:
+    """A merge (A40, OLD into NEW) on one instance and an update of OLD (A08) on the other,
+    at the same moment: whichever commits first, the items end under NEW with the merge's
+    demographics. Planned on items read before the merge committed, the update would move
+    them back to OLD."""
+    a, b = two_instances(config)
+    try:
+        for n in range(25):
+            assert (await a.handle(orm(f"O{n}", order=f"PAT{n}", patient_id=f"OLD{n}")
+                                   .encode(), "a")).code == "AA"
+            merge = adt("A40", f"M{n}", f"NEW{n}", f"MERGED^{n}", mrg=f"OLD{n}")
+            update = adt("A08", f"U{n}", f"OLD{n}", f"UPDATED^{n}")
+            ra, rb = await asyncio.gather(a.handle(merge, "a"), b.handle(update, "b"))
+            assert (ra.code, rb.code) == ("AA", "AA")
+            [item] = b.store.store.items_of_order(f"PAT{n}^RIS")
+            assert item.patient_id == f"NEW{n}"
+            assert item.dataset["PatientID"] == f"NEW{n}"
+            assert str(item.dataset["PatientName"]) == f"MERGED^{n}"
+    finally:
+        close(a, b)
+
+
+async def test_an_update_waits_for_another_instances_commit_on_the_same_patient(
+        config, backend) -> None:
+    """PostgreSQL: the ADT commit takes the patient's advisory lock, waits while another
+    instance holds it, then finds the items changed (Stale), reads again and applies its
+    update on top of the other's: both changes stay."""
+    if backend != "postgres":
+        pytest.skip("advisory locks: PostgreSQL only")
+    import psycopg
+
+    a, _ = two_instances(config)
+    try:
+        await a.handle(orm("O1", order="WAIT", patient_id="PW").encode(), "a")
+        with psycopg.connect(store_url(config)) as other:  # another instance, mid-commit
+            other.execute("SELECT pg_advisory_xact_lock(hashtext('patient=PW'))")
+            other.execute("UPDATE items SET dataset = jsonb_set(dataset::jsonb, "
+                          "'{PatientBirthDate}', '\"19991231\"')::text, "
+                          "updated_at = updated_at + 1 WHERE patient_id = 'PW'")
+            task = asyncio.create_task(a.handle(adt("A08", "U1", "PW", "NEW^NAME"), "a"))
+            await asyncio.sleep(0.5)
+            assert not task.done()  # waiting for the lock, not writing over the other
+        outcome = await asyncio.wait_for(task, 10)  # the other committed on leaving
+        assert outcome.code == "AA"
+        [item] = a.store.store.items_of_order("WAIT^RIS")
+        assert str(item.dataset["PatientName"]) == "NEW^NAME"
+        assert item.dataset["PatientBirthDate"] == "19991231"
+    finally:
+        close(a)
+
+
 def test_housekeeping_lease_is_held_by_one_instance(config) -> None:
     a, b = open_store(store_url(config)), open_store(store_url(config))
     a.instance, b.instance = "a", "b"
@@ -290,6 +375,55 @@ async def test_an_order_committed_on_one_bridge_is_in_the_others_index_within_a_
             return False
 
         assert await written(), "B's own folder did not get A's order"
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_late_catch_up_read_never_puts_an_older_item_into_the_index(
+        config, backend, tmp_path) -> None:
+    """B's catch-up read (after a lost notification connection) read an order before A
+    cancelled it, and its result reaches B's index after the cancellation's notification:
+    the index keeps the newer state (the item's version), the order stays gone."""
+    if backend != "postgres":
+        pytest.skip("one bridge per SQLite file")
+    from conftest import ROOT
+
+    from bridge.app import Bridge
+    from bridge.config import load_config
+
+    def bridge_config(name: str):
+        env = {"BRIDGE_DATA_DIR": str(tmp_path / name), "BRIDGE_MLLP__PORT": "0",
+               "BRIDGE_SCP__PORT": "0", "BRIDGE_METRICS__ENABLED": "false",
+               "BRIDGE_MAPPINGS__WATCH_SECONDS": "0", "BRIDGE_STORE__URL": config.store.url,
+               "BRIDGE_STORE__INSTANCE": name}
+        return load_config(ROOT / "config.yaml", environ=env)
+
+    a, b = Bridge(bridge_config("a")), Bridge(bridge_config("b"))
+    await a.start()
+    await b.start()
+
+    async def in_b(key: str, present: bool) -> bool:
+        for _ in range(100):
+            if (b.scp.index.get(key) is not None) == present:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    try:
+        new = await a.processor.handle(orm("V1", order="VER").encode(), "t")
+        [write] = new.writes
+        assert (new.code, write.version) == ("AA", 1)
+        assert await in_b(write.item_key, True)
+        late = await b.store.run(b.store.store.items_changed_since, 0.0)  # read now...
+        cancel = await a.processor.handle(orm("V2", order="VER", control="CA",
+                                              status="CA").encode(), "t")
+        assert (cancel.code, cancel.writes[0].version) == ("AA", 2)
+        assert await in_b(write.item_key, False)
+        b._apply_outside(late)  # ...arriving after the newer notification
+        assert b.scp.index.get(write.item_key) is None
+        b._apply_outside(await b.store.run(b.store.store.items_changed_since, 0.0))
+        assert b.scp.index.get(write.item_key) is None
     finally:
         await a.stop()
         await b.stop()

@@ -18,9 +18,12 @@ def client(web: Web, user: str | None = None) -> httpx.Client:
     return httpx.Client(base_url=web.base, auth=auth, timeout=30)
 
 
+pytestmark = pytest.mark.backends
+
+
 @pytest.fixture
-def web(tmp_path) -> Iterator[Web]:
-    with running_web(tmp_path) as running:
+def web(tmp_path, store_target) -> Iterator[Web]:
+    with running_web(tmp_path, store_target) as running:
         yield running
 
 
@@ -204,7 +207,11 @@ def test_status(web: Web) -> None:
     status = client(web, "vera").get("/api/status").json()
     assert status["listener"]["port"] == web.running.port
     assert status["scp"]["enabled"] and status["scp"]["worklist_items"] == 3
-    assert status["sinks"]["folder"]["dead"] == 0
+    # The .wl folder is per instance on a shared database: named folder@<instance> there.
+    folder = web.running.bridge.sinks[0].name
+    assert folder == ("folder" if web.running.config.store.url is None else
+                      f"folder@{web.running.bridge.store.store.instance}")
+    assert status["sinks"][folder]["dead"] == 0
     assert status["store"]["failed_last_hour"] == 1
     assert "ihe-orm-o01" in [p["name"] for p in status["mappings"]["profiles"]]
     assert status["mappings"]["load_error"] is None
@@ -293,11 +300,11 @@ def test_console_pages_need_a_login_and_render(web: Web) -> None:
                         ).status_code == 403
 
 
-def test_console_without_users_says_how_to_create_one(tmp_path) -> None:
-    from bridge.store import Store
+def test_console_without_users_says_how_to_create_one(tmp_path, store_target) -> None:
+    from bridge.store import open_store, store_url
 
-    with running_web(tmp_path) as web:
-        store = Store(web.running.config.store_path)
+    with running_web(tmp_path, store_target) as web:
+        store = open_store(store_url(web.running.config))
         for name in PASSWORDS:
             store.user_delete(name)
         store.close()

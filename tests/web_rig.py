@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge import users
-from bridge.store import Store
+from bridge.store import open_store, store_url
 
 from listener_rig import BridgeThread, RawClient, msa, rig_config
 from orders import orm
@@ -47,13 +47,16 @@ async def _reload(bridge):
 
 
 @contextmanager
-def running_web(tmp: Path, **overrides: str) -> Iterator[Web]:
+def running_web(tmp: Path, database: str | None = None, **overrides: str) -> Iterator[Web]:
+    """`database`: a store URL (PostgreSQL), else the SQLite file in the data folder."""
     mappings = tmp / "mappings"
     shutil.copytree(ROOT / "mappings", mappings)
+    if database:
+        overrides["store__url"] = database
     config = rig_config(tmp, http__enabled="true", http__port="0",
                         mappings__dir=str(mappings), mappings__watch_seconds="0",
                         scp__enabled="true", scp__port="0", **overrides)
-    store = Store(config.store_path)
+    store = open_store(store_url(config))
     for name, password in PASSWORDS.items():
         users.add(store, name, ROLES[name], password)
     store.close()

@@ -69,6 +69,9 @@ class WorklistIndex:
         # (insorting 100,000 items one by one would move the list 100,000 times).
         self._sorted: dict[str, list[tuple[str, str]]] = {k: [] for k in _PREFIX.values()}
         self._unsorted = False
+        # item key -> the newest version put (hidden items too): a late, older state of an
+        # item (a catch-up read that crossed a notification) never replaces a newer one.
+        self._versions: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -77,18 +80,24 @@ class WorklistIndex:
         with self._lock:
             self._unsorted = True
             for item in items:
-                self._put(item.item_key, item.status, item.dataset)
+                self._put(item.item_key, item.status, item.dataset, item.version)
 
     def apply(self, writes: Sequence[ItemWrite]) -> None:
-        """The Bridge's change listener: called after every commit."""
+        """The Bridge's change listener: called after every commit, and with other
+        instances' items (notifications, catch-up reads): an item's older version than the
+        one it holds is ignored."""
         with self._lock:
             for w in writes:
-                self._put(w.item_key, w.status, w.dataset)
+                self._put(w.item_key, w.status, w.dataset, w.version)
 
     def get(self, item_key: str) -> Entry | None:
         return self._entries.get(item_key)
 
-    def _put(self, key: str, status: str, data: dict) -> None:
+    def _put(self, key: str, status: str, data: dict, version: int = 0) -> None:
+        if version:  # 0: a write whose version is not known, taken as the newest
+            if version < self._versions.get(key, 0):
+                return
+            self._versions[key] = version
         data = compact(data)
         old = self._entries.pop(key, None)
         if old is not None:

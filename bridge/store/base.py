@@ -21,6 +21,12 @@ Consistency rules (the database decides; an instance's memory is a cache):
   orders' items with those `prior_state` returned (`seen`). Changed: `Stale`, nothing
   written; the processor reads and plans again. Advisory locks rather than row locks: the
   order may not have a row yet (a new order arriving twice at once).
+- **Per-patient serialization**: an ADT message's commit (`patients`, what
+  `patients_state` returned) locks `patient=<id>` for each patient ID it names and raises
+  `Stale` when their items changed; an order commit locks its items' patient IDs too. All
+  names of one commit are taken together, sorted.
+- **Item versions**: each write counts up `items.version`; views fed from several paths
+  (the SCP index) ignore an item's version older than the one they hold.
 - **Change feed**: every item write NOTIFYs its keys (PostgreSQL, delivered at commit);
   each instance LISTENs on its own connection and hands other instances' items to its SCP
   index and its own sinks. A lost connection is followed by a catch-up read of the items
@@ -80,7 +86,8 @@ class StoreInterface(Protocol):
                        warnings: str | None = None,
                        identifiers: Iterable[tuple[str, str, str]] = (),
                        orders: list[OrderLookup] | None = None,
-                       seen: dict[str, list[StoredItem]] | None = None) -> None: ...
+                       seen: dict[str, list[StoredItem]] | None = None,
+                       patients: dict[str, list[StoredItem]] | None = None) -> None: ...
     def journal_failed(self, journal_id: int, header: dict[str, str | None], ack_code: str,
                        ack: bytes, error: str) -> None: ...
     def journal_duplicate(self, journal_id: int, header: dict[str, str | None],
@@ -89,6 +96,7 @@ class StoreInterface(Protocol):
     def purge_journal(self, before: float) -> int: ...
 
     # orders and items
+    def patients_state(self, patient_ids: list[str]) -> dict[str, list[StoredItem]]: ...
     def find_order(self, lookup: OrderLookup) -> list[StoredItem]: ...
     def item(self, item_key: str) -> StoredItem | None: ...
     def items_by_keys(self, keys: list[str]) -> dict[str, StoredItem]: ...

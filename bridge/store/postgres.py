@@ -20,7 +20,6 @@ from psycopg import errors, pq
 
 from bridge.store.sqlite import (
     ItemWrite,
-    OrderLookup,
     OutboxRow,
     StorageFull,
     Store,
@@ -226,12 +225,11 @@ class PostgresStore(Store):
             self.db.execute("SET LOCAL synchronous_commit = off")
             yield
 
-    def lock_orders(self, orders: Iterable[OrderLookup]) -> None:
-        """Transaction-scoped advisory locks on every name of these orders (key and
-        identifiers), in one sorted order so that two instances never deadlock: a second
-        message for the same order waits until the first one's commit."""
-        names = sorted({o.key for o in orders} |
-                       {f"{k}={v}" for o in orders for k, v in o.identifiers})
+    def lock_names(self, names: Iterable[str]) -> None:
+        """Transaction-scoped advisory locks on these names (orders' keys and identifiers,
+        patient IDs), taken in the sorted order the caller gives so that two instances
+        never deadlock: a second message for the same order or patient waits until the
+        first one's commit."""
         for name in names:
             self.db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (name,))
 

@@ -138,6 +138,7 @@ class StoredItem:
     patient_id: str
     updated_at: float
     final: bool = False  # the status sticks (lifecycle.py)
+    version: int = 0  # counts the item's writes (see ItemWrite.version)
 
 
 @dataclass
@@ -150,6 +151,8 @@ class ItemWrite:
     visible: bool
     dataset: dict
     final: bool | None = None  # None: as stored (a new item: not final)
+    # Set by the store when written (items.version); 0: not known, newer than any.
+    version: int = 0
 
 
 @dataclass
@@ -267,10 +270,28 @@ class SinkState:
     removed_at: float | None
 
 
+def _stamp(items: list[StoredItem]) -> list[tuple[str, float]]:
+    """What tells one stored state of some items from the next (the Stale checks)."""
+    return [(i.item_key, i.updated_at) for i in items]
+
+
+def _lock_names(orders: list[OrderLookup], seen: dict[str, list[StoredItem]],
+                patients: dict[str, list[StoredItem]], writes: list[ItemWrite]) -> list[str]:
+    """The names a commit locks, sorted (two instances take them in one order and never
+    deadlock): each order's key and identifiers, and every patient whose items it reads
+    or writes, so that an order message and an ADT message for the same patient wait for
+    each other too."""
+    names = {o.key for o in orders} | {f"{k}={v}" for o in orders for k, v in o.identifiers}
+    pids = set(patients) | {i.patient_id for items in seen.values() for i in items}
+    pids |= {str(w.dataset.get("PatientID", "")) for w in writes}
+    names |= {f"patient={pid}" for pid in pids if pid}
+    return sorted(names)
+
+
 def _item(row: sqlite3.Row) -> StoredItem:
     return StoredItem(row["item_key"], row["order_key"], row["status"], bool(row["visible"]),
                       json.loads(row["dataset"]), row["patient_id"], row["updated_at"],
-                      bool(row["final"]))
+                      bool(row["final"]), row["version"])
 
 
 class Store:
@@ -515,14 +536,16 @@ class Store:
                        warnings: str | None = None,
                        identifiers: Iterable[tuple[str, str, str]] = (),
                        orders: list[OrderLookup] | None = None,
-                       seen: dict[str, list[StoredItem]] | None = None) -> None:
+                       seen: dict[str, list[StoredItem]] | None = None,
+                       patients: dict[str, list[StoredItem]] | None = None) -> None:
         """One transaction: the items, their outbox rows, the orders' identifiers
         (order key, kind, value) and the journal's ACK.
 
         Raises Duplicate when the sender's control ID was accepted already (an AA), and
-        Stale when `orders` no longer hold the items `seen` (what prior_state returned):
-        then nothing is written. When this returns, the order is durable and the ACK may
-        go out.
+        Stale when `orders` no longer hold the items `seen` (what prior_state returned), or
+        the patients of an ADT message no longer have the items `patients` (what
+        patients_state returned): then nothing is written. When this returns, the order is
+        durable and the ACK may go out.
         """
         with self._transaction():
             control_id = header.get("control_id")
@@ -536,9 +559,11 @@ class Store:
                 if cur.rowcount == 0:
                     previous = self.previous_ack(sender, control_id)
                     raise Duplicate(previous or ("AA", b""))
-            if orders:
-                self.lock_orders(orders)
-                if seen is not None and self._changed(orders, seen):
+            if orders or patients:
+                self.lock_names(_lock_names(orders or [], seen or {}, patients or {}, writes))
+                if orders and seen is not None and self._changed(orders, seen):
+                    raise Stale()
+                if patients and self._patients_changed(patients):
                     raise Stale()
             self._write_items(writes, journal_id)
             self.db.executemany(
@@ -548,16 +573,21 @@ class Store:
                 [(key, kind, value, kind, kind, value) for key, kind, value in identifiers])
             self._finish(journal_id, "processed", header, ack_code, ack, warnings)
 
+    def lock_names(self, names: Iterable[str]) -> None:
+        """Serialize messages for the same orders and patients until the transaction ends.
+        SQLite: the write transaction (BEGIN IMMEDIATE) already admits one writer at a
+        time."""
+
     def lock_orders(self, orders: Iterable[OrderLookup]) -> None:
-        """Serialize messages for the same orders until the transaction ends. SQLite: the
-        write transaction (BEGIN IMMEDIATE) already admits one writer at a time."""
+        self.lock_names(_lock_names(list(orders), {}, {}, []))
 
     def _changed(self, orders: Iterable[OrderLookup], seen: dict[str, list[StoredItem]]
                  ) -> bool:
-        def stamp(items: list[StoredItem]) -> list[tuple[str, float]]:
-            return [(i.item_key, i.updated_at) for i in items]
+        return any(_stamp(self.find_order(o)) != _stamp(seen.get(o.key, [])) for o in orders)
 
-        return any(stamp(self.find_order(o)) != stamp(seen.get(o.key, [])) for o in orders)
+    def _patients_changed(self, seen: dict[str, list[StoredItem]]) -> bool:
+        now = self.patients_state(list(seen))
+        return any(_stamp(now[pid]) != _stamp(items) for pid, items in seen.items())
 
     def write_items(self, writes: list[ItemWrite]) -> None:
         """Item changes that come from no message (an operator, expiry, MPPS), with their
@@ -569,7 +599,7 @@ class Store:
         now = time.time()
         for w in writes:
             final = None if w.final is None else int(w.final)
-            self.db.execute(
+            w.version = self.db.execute(
                 "INSERT INTO items (item_key, order_key, status, visible, dataset, patient_id, "
                 "sps_start, updated_at, journal_id, final) VALUES (?, ?, ?, ?, ?, ?, ?, "
                 "?, ?, COALESCE(?, 0)) "
@@ -578,10 +608,11 @@ class Store:
                 "dataset = excluded.dataset, patient_id = excluded.patient_id, "
                 "sps_start = excluded.sps_start, updated_at = excluded.updated_at, "
                 "journal_id = COALESCE(excluded.journal_id, items.journal_id), "
-                "final = COALESCE(?, items.final)",
+                "final = COALESCE(?, items.final), version = items.version + 1 "
+                "RETURNING version",
                 (w.item_key, w.order_key, w.status, int(w.visible),
                  json.dumps(w.dataset, ensure_ascii=False), str(w.dataset.get("PatientID", "")),
-                 _sps_start(w.dataset), now, journal_id, final, final))
+                 _sps_start(w.dataset), now, journal_id, final, final)).fetchone()[0]
             for sink in self.sinks:
                 self.db.execute("INSERT INTO outbox (sink, item_key, created_at) VALUES (?, ?, ?)",
                                 (sink, w.item_key, now))
@@ -590,6 +621,18 @@ class Store:
         rows = self.db.execute("SELECT * FROM items WHERE patient_id = ? ORDER BY item_key",
                                (patient_id,)).fetchall()
         return [_item(r) for r in rows]
+
+    def patients_state(self, patient_ids: list[str]) -> dict[str, list[StoredItem]]:
+        """The stored items of each of these patients, in one query (an ADT message may
+        name several): what `commit_message(patients=...)` compares with."""
+        found: dict[str, list[StoredItem]] = {pid: [] for pid in patient_ids}
+        if patient_ids:
+            marks = ",".join("?" * len(found))
+            rows = self.db.execute(f"SELECT * FROM items WHERE patient_id IN ({marks}) "
+                                   "ORDER BY item_key", list(found)).fetchall()
+            for r in rows:
+                found[r["patient_id"]].append(_item(r))
+        return found
 
     def outside_version(self) -> int:
         """Changes when another connection (another process) has committed since the last

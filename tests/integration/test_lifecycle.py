@@ -3,12 +3,13 @@ through real wlmscpfs + findscu, as a modality would see it."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import drop_schema, pg_schema_url
 
 from bridge.client import MllpClient, ack_code
+from bridge.store import open_store
 
 from orders import orm
 from peers import FIXTURES, findscu_worklist, run_bridge, run_wlmscpfs, wait_for
@@ -26,8 +27,9 @@ KEYS = ["PatientName", "PatientID", "AccessionNumber", "StudyInstanceUID",
 class World:
     """One bridge and one wlmscpfs for the module; each test uses its own orders."""
 
-    def __init__(self, bridge, wlm_port: int, tmp: Path):
+    def __init__(self, bridge, wlm_port: int, tmp: Path, url: str | None):
         self.bridge, self.port, self.tmp = bridge, wlm_port, tmp
+        self.url = url  # PostgreSQL, else the SQLite file in the bridge's data folder
         self.n = 0
 
     async def send(self, text: str | bytes) -> bytes:
@@ -46,20 +48,29 @@ class World:
                         timeout=15, interval=0.25)
 
     def outbox_rows(self) -> int:
-        db = sqlite3.connect(self.bridge.workdir / "data" / "bridge.sqlite")
+        store = open_store(self.url or self.bridge.workdir / "data" / "bridge.sqlite")
         try:
-            return db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            return store.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         finally:
-            db.close()
+            store.close()
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def world(request, tmp_path_factory):
+    """On each backend in turn (the `backends` rule, for a module-wide bridge): a fresh
+    PostgreSQL schema for the second."""
     tmp = tmp_path_factory.mktemp("lifecycle")
     folder = tmp / "wlm" / "WORKLIST"
-    with run_bridge(tmp / "bridge", {"BRIDGE_SINKS__FOLDER__PATH": folder}) as bridge, \
-            run_wlmscpfs(tmp / "wlm") as port:
-        yield World(bridge, port, tmp)
+    env = {"BRIDGE_SINKS__FOLDER__PATH": folder}
+    url = pg_schema_url() if request.param == "postgres" else None
+    if url:
+        env["BRIDGE_STORE__URL"] = url
+    try:
+        with run_bridge(tmp / "bridge", env) as bridge, run_wlmscpfs(tmp / "wlm") as port:
+            yield World(bridge, port, tmp, url)
+    finally:
+        if url:
+            drop_schema(url)
 
 
 def step(ds):

@@ -17,7 +17,12 @@ from peers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.backends]
+
+
+def on(store_target: str | None, **env: object) -> dict:
+    """The bridge's environment overrides, on PostgreSQL when `store_target` names it."""
+    return {**env, **({"BRIDGE_STORE__URL": store_target} if store_target else {})}
 
 # What each message says, read from the HL7 by hand (field by field), and what a modality
 # must therefore see.
@@ -87,10 +92,11 @@ def _check_answers(answers) -> None:
             assert str(sps.get(key, "")) == value, key
 
 
-def test_orders_served_by_wlmscpfs(tmp_path: Path) -> None:
+def test_orders_served_by_wlmscpfs(tmp_path: Path, store_target) -> None:
     # wlmscpfs serves <dfp>/<called AE>/: the flat folder sink writes into that AE folder.
     folder = tmp_path / "wlm" / "WORKLIST"
-    with run_bridge(tmp_path / "bridge", {"BRIDGE_SINKS__FOLDER__PATH": folder}) as bridge:
+    with run_bridge(tmp_path / "bridge", on(store_target, BRIDGE_SINKS__FOLDER__PATH=folder)
+                    ) as bridge:
         _send_all(bridge)
         wait_for(lambda: len(list(folder.glob("*.wl"))) == len(EXPECTED))
         assert (folder / "lockfile").exists()
@@ -105,10 +111,10 @@ def test_orders_served_by_wlmscpfs(tmp_path: Path) -> None:
             assert [str(ds.PatientID) for ds in one] == ["583295"]
 
 
-def test_orders_served_by_wlmscpfs_by_station_layout(tmp_path: Path) -> None:
+def test_orders_served_by_wlmscpfs_by_station_layout(tmp_path: Path, store_target) -> None:
     root = tmp_path / "wlm"
-    with run_bridge(tmp_path / "bridge", {"BRIDGE_SINKS__FOLDER__PATH": root,
-                                          "BRIDGE_SINKS__FOLDER__LAYOUT": "by_station_ae"}) \
+    with run_bridge(tmp_path / "bridge", on(store_target, BRIDGE_SINKS__FOLDER__PATH=root,
+                                            BRIDGE_SINKS__FOLDER__LAYOUT="by_station_ae")) \
             as bridge:
         _send_all(bridge)
         wait_for(lambda: len(list((root / "ANY").glob("*.wl"))) == len(EXPECTED))
@@ -118,9 +124,10 @@ def test_orders_served_by_wlmscpfs_by_station_layout(tmp_path: Path) -> None:
                                             tmp_path / "answers"))
 
 
-def test_orders_served_by_orthanc(tmp_path: Path) -> None:
+def test_orders_served_by_orthanc(tmp_path: Path, store_target) -> None:
     folder = tmp_path / "orthanc-worklists"
-    with run_bridge(tmp_path / "bridge", {"BRIDGE_SINKS__FOLDER__PATH": folder}) as bridge:
+    with run_bridge(tmp_path / "bridge", on(store_target, BRIDGE_SINKS__FOLDER__PATH=folder)
+                    ) as bridge:
         _send_all(bridge)
         wait_for(lambda: len(list(folder.glob("*.wl"))) == len(EXPECTED))
         with run_orthanc(tmp_path / "orthanc", folder) as port:
@@ -128,12 +135,12 @@ def test_orders_served_by_orthanc(tmp_path: Path) -> None:
                                             tmp_path / "answers"))
 
 
-def test_failures_answer_ae_ar_and_keep_serving(tmp_path: Path) -> None:
+def test_failures_answer_ae_ar_and_keep_serving(tmp_path: Path, store_target) -> None:
     """A message with no modality gets AE naming OBR-24, a scheduling message (no profile
     for SIU) gets AR 200; the same connection then still takes an order."""
     siu = tmp_path / "siu.hl7"
     siu.write_text("MSH|^~\\&|SCHED|H|BR|H|20240101||SIU^S12|S1|P|2.5\rSCH|1\r")
-    with run_bridge(tmp_path / "bridge") as bridge:
+    with run_bridge(tmp_path / "bridge", on(store_target)) as bridge:
         result = bridge.send(FIXTURES / "msfhirconv__ORM-O01-03.hl7", siu,
                              FIXTURES / "dcm4che__ORM_O01_v231_2019.hl7")
         blocks = result.stdout.split("# ")[1:]
