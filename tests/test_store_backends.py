@@ -179,13 +179,12 @@ async def test_a_merge_and_an_update_of_one_patient_at_once_never_mix(config) ->
         close(a, b)
 
 
+@pytest.mark.postgres_only("advisory locks: PostgreSQL only")
 async def test_an_update_waits_for_another_instances_commit_on_the_same_patient(
         config, backend) -> None:
     """PostgreSQL: the ADT commit takes the patient's advisory lock, waits while another
     instance holds it, then finds the items changed (Stale), reads again and applies its
     update on top of the other's: both changes stay."""
-    if backend != "postgres":
-        pytest.skip("advisory locks: PostgreSQL only")
     import psycopg
 
     a, _ = two_instances(config)
@@ -225,9 +224,8 @@ def test_housekeeping_lease_is_held_by_one_instance(config) -> None:
 
 # --- PostgreSQL only: what several instances need beyond the shared tables ---------------
 
+@pytest.mark.postgres_only("one SQLite store has one outbox consumer per sink")
 def test_outbox_rows_are_claimed_by_one_instance(config, backend) -> None:
-    if backend != "postgres":
-        pytest.skip("one SQLite store has one outbox consumer per sink")
     a, b = open_store(store_url(config), ["orthanc"]), open_store(store_url(config), ["orthanc"])
     a.instance, b.instance = "a", "b"
     try:
@@ -262,9 +260,8 @@ def test_outbox_rows_are_claimed_by_one_instance(config, backend) -> None:
         b.close()
 
 
+@pytest.mark.postgres_only("SQLite: outside changes are found by data_version (test_operations)")
 def test_another_instances_commit_is_notified_within_a_second(config, backend) -> None:
-    if backend != "postgres":
-        pytest.skip("SQLite: outside changes are found by data_version (test_operations)")
     a, b = open_store(store_url(config)), open_store(store_url(config))
     heard: list[list[str] | None] = []
     arrived = threading.Event()
@@ -288,9 +285,8 @@ def test_another_instances_commit_is_notified_within_a_second(config, backend) -
         b.close()
 
 
+@pytest.mark.postgres_only("a SQLite file has no connection to lose (test_storage_full: disk full)")
 async def test_a_lost_database_connection_answers_ae_then_recovers(config, backend) -> None:
-    if backend != "postgres":
-        pytest.skip("a SQLite file has no connection to lose (test_storage_full: disk full)")
     import psycopg
     from conftest import PG_URL
 
@@ -331,12 +327,11 @@ def test_mpps_instances_and_their_items_on_both_backends(config) -> None:
         store.close()
 
 
+@pytest.mark.postgres_only("one bridge per SQLite file")
 async def test_an_order_committed_on_one_bridge_is_in_the_others_index_within_a_second(
         config, backend, tmp_path) -> None:
     """Two running bridges (in this process) on one database: a message AA'd by A is in
     B's SCP index within a second, and queued for B's own .wl folder."""
-    if backend != "postgres":
-        pytest.skip("one bridge per SQLite file")
     from conftest import ROOT
 
     from bridge.app import Bridge
@@ -380,13 +375,12 @@ async def test_an_order_committed_on_one_bridge_is_in_the_others_index_within_a_
         await b.stop()
 
 
+@pytest.mark.postgres_only("one bridge per SQLite file")
 async def test_a_late_catch_up_read_never_puts_an_older_item_into_the_index(
         config, backend, tmp_path) -> None:
     """B's catch-up read (after a lost notification connection) read an order before A
     cancelled it, and its result reaches B's index after the cancellation's notification:
     the index keeps the newer state (the item's version), the order stays gone."""
-    if backend != "postgres":
-        pytest.skip("one bridge per SQLite file")
     from conftest import ROOT
 
     from bridge.app import Bridge

@@ -135,10 +135,9 @@ def test_a_claim_expires_with_its_lease(config, backend) -> None:
         b.close()
 
 
+@pytest.mark.postgres_only("SQLite: one writer at a time, no row locks")
 def test_a_row_another_instance_is_claiming_is_skipped_not_waited_for(config,
                                                                         backend) -> None:
-    if backend != "postgres":
-        pytest.skip("SQLite: one writer at a time, no row locks")
     a, b = _store(config), _store(config)
     try:
         a.mpps_create("1.2.3.1", "CT01", [_item(a, 1)], MPPS_START, "STARTED", False)
@@ -379,9 +378,8 @@ class DatabaseLink:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
+@pytest.mark.postgres_only("a SQLite file does not go away (test_storage_full: a full disk)")
 async def test_healthz_is_503_while_the_database_is_away(config, backend, tmp_path) -> None:
-    if backend != "postgres":
-        pytest.skip("a SQLite file does not go away (test_storage_full: a full disk)")
     from urllib.parse import urlsplit, urlunsplit
 
     import httpx
