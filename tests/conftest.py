@@ -52,7 +52,7 @@ def pg_schema_url() -> str:
     except Exception as exc:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL at {PG_URL} is required in CI: {exc}")
-        pytest.skip(f"NO POSTGRESQL at {PG_URL} ({exc}): run scripts/test.sh to start one")
+        pytest.skip(reason=f"NO POSTGRESQL at {PG_URL} ({exc}): run scripts/test.sh to start one")
     sep = "&" if "?" in PG_URL else "?"
     return f"{PG_URL}{sep}options=-csearch_path%3D{name}"
 

@@ -40,8 +40,7 @@ def test_every_corpus_item_is_written_as_pydicom_writes_it() -> None:
 
 def test_dcmtk_worklists_are_written_as_pydicom_writes_them(tmp_path: Path) -> None:
     dumps = sorted((CORPUS / "worklists").glob("*.dump"))
-    if not dumps:
-        pytest.skip("no DCMTK worklist dumps beside the checkout")
+    assert dumps, f"no DCMTK worklist dumps in {CORPUS / 'worklists'} (shared/ beside the checkout)"
     for dump in dumps:
         out = tmp_path / f"{dump.stem}.wl"
         subprocess.run(["dump2dcm", "+te", str(dump), str(out)], check=True,

@@ -125,15 +125,14 @@ async def test_the_bridge_starts_on_a_full_disk_and_healthz_says_so(tmp_path, ca
         await bridge.stop()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None,
-                    reason="mounting a small tmpfs needs root")
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a small tmpfs needs root")  # noqa: E501
 def test_a_real_full_file_system_gives_the_same_storage_full(tmp_path) -> None:
     """The same path on a file system that is really full (a 2 MB tmpfs filled up)."""
     mnt = tmp_path / "small"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]
                       ).returncode != 0:
-        pytest.skip("tmpfs mount refused here")
+        pytest.skip(reason="tmpfs mount refused here (root without mount rights)")
     try:
         store = Store(mnt / "bridge.sqlite")
         try:
