@@ -38,7 +38,6 @@ from collections.abc import Callable
 
 from pynetdicom.dsutils import encode
 
-from bridge.scp.charset import UnknownCharset, codec_for
 from bridge.scp.encoding import _element, supported
 from bridge.scp.matching import Answer
 from bridge.scp.query import Key
@@ -114,16 +113,9 @@ def identifier(found: Answer, item_charset: str, target_charset: str, implicit: 
                ) -> bytes:
     """One answer's identifier as server.response() would have pynetdicom encode it."""
     # server imports this module: its helpers are looked up here, when needed.
-    from bridge.scp.server import _fit, response
+    from bridge.scp.server import answer_charset, response
 
-    charset = target_charset or item_charset or ""
-    try:
-        codec = codec_for(charset) if charset and "\\" not in charset else None
-    except UnknownCharset:
-        codec = None
-    fitted, non_ascii = _fit(found, codec)
-    if not charset:
-        charset, codec = ("ISO_IR 192", "UTF8") if non_ascii else ("", "ascii")
+    fitted, charset, codec = answer_charset(found, item_charset, target_charset)
     if codec is not None and supported(charset):
         return encode_answer(fitted, charset, codec, implicit)
     # ISO 2022 code extensions: pydicom encodes them, as on pynetdicom's path.

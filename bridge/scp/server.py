@@ -510,6 +510,25 @@ def response(found: Answer, item_charset: str, target_charset: str,
     """The answer as a dataset, in the target character set (transliterated) or in the
     item's own; always with SpecificCharacterSet. With `implicit` (the association's little
     endian transfer syntax) the values are encoded here, once (encoding.py)."""
+    found, charset, codec = answer_charset(found, item_charset, target_charset)
+    if implicit is not None and codec is not None and supported(charset):
+        return raw_dataset(found, charset, codec, implicit)
+    ds = Dataset()
+    _fill(ds, found)
+    ds.add(DataElement(0x00080005, "CS", charset.split("\\") if "\\" in charset
+                       else (charset or None), validation_mode=_NO_VALIDATION))
+    return ds
+
+
+# The values come from the store as they were accepted; validating them again for every
+# answer costs a third of the time spent building it.
+_NO_VALIDATION = pydicom_config.IGNORE
+
+
+def answer_charset(found: Answer, item_charset: str, target_charset: str
+                   ) -> tuple[Answer, str, str | None]:
+    """The answer fitted to its character set, that set, and its codec (None: ISO 2022 code
+    extensions, which only pydicom encodes)."""
     charset = target_charset or item_charset or ""
     # Text the answer's character set cannot hold is transliterated: always for a target
     # set, and for an item whose text does not fit its own declared set (a mislabelled
@@ -523,18 +542,7 @@ def response(found: Answer, item_charset: str, target_charset: str,
         # Unicode text with no declared set: say it is UTF-8 rather than send bytes
         # nobody declared; plain ASCII needs no declaration.
         charset, codec = ("ISO_IR 192", "UTF8") if non_ascii else ("", "ascii")
-    if implicit is not None and codec is not None and supported(charset):
-        return raw_dataset(found, charset, codec, implicit)
-    ds = Dataset()
-    _fill(ds, found)
-    ds.add(DataElement(0x00080005, "CS", charset.split("\\") if "\\" in charset
-                       else (charset or None), validation_mode=_NO_VALIDATION))
-    return ds
-
-
-# The values come from the store as they were accepted; validating them again for every
-# answer costs a third of the time spent building it.
-_NO_VALIDATION = pydicom_config.IGNORE
+    return found, charset, codec
 
 
 def _fit(found: Answer, codec: str | None) -> tuple[Answer, bool]:
