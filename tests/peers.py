@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -111,6 +112,40 @@ class BridgeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class KillableBridge:
+    """A `python -m bridge serve` that a test SIGKILLs and starts again (crash safety,
+    fail-over): the same folder, ports and environment each time, one log file per start."""
+
+    def __init__(self, workdir: Path, start_timeout: float = 30.0, **env: str):
+        self.workdir = workdir
+        self.port, self.scp_port = free_port(), free_port()
+        self.start_timeout = start_timeout
+        self.env = bridge_env(BRIDGE_DATA_DIR=str(workdir / "data"),
+                              BRIDGE_MLLP__PORT=str(self.port),
+                              BRIDGE_SCP__PORT=str(self.scp_port),
+                              BRIDGE_METRICS__ENABLED="false", **env)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        with open(self.workdir / f"bridge-{self.starts}.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bridge", "serve", "--config", str(ROOT / "config.yaml")],
+                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc, timeout=self.start_timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
 
 
 def _limit_files(count: int) -> None:

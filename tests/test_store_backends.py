@@ -332,19 +332,9 @@ async def test_an_order_committed_on_one_bridge_is_in_the_others_index_within_a_
         config, backend, tmp_path) -> None:
     """Two running bridges (in this process) on one database: a message AA'd by A is in
     B's SCP index within a second, and queued for B's own .wl folder."""
-    from conftest import ROOT
-
     from bridge.app import Bridge
-    from bridge.config import load_config
 
-    def bridge_config(name: str):
-        env = {"BRIDGE_DATA_DIR": str(tmp_path / name), "BRIDGE_MLLP__PORT": "0",
-               "BRIDGE_SCP__PORT": "0", "BRIDGE_METRICS__ENABLED": "false",
-               "BRIDGE_MAPPINGS__WATCH_SECONDS": "0", "BRIDGE_STORE__URL": config.store.url,
-               "BRIDGE_STORE__INSTANCE": name}
-        return load_config(ROOT / "config.yaml", environ=env)
-
-    a, b = Bridge(bridge_config("a")), Bridge(bridge_config("b"))
+    a, b = (Bridge(_instance_config(tmp_path, config.store.url, n)) for n in ("a", "b"))
     await a.start()
     await b.start()
     try:
@@ -381,19 +371,9 @@ async def test_a_late_catch_up_read_never_puts_an_older_item_into_the_index(
     """B's catch-up read (after a lost notification connection) read an order before A
     cancelled it, and its result reaches B's index after the cancellation's notification:
     the index keeps the newer state (the item's version), the order stays gone."""
-    from conftest import ROOT
-
     from bridge.app import Bridge
-    from bridge.config import load_config
 
-    def bridge_config(name: str):
-        env = {"BRIDGE_DATA_DIR": str(tmp_path / name), "BRIDGE_MLLP__PORT": "0",
-               "BRIDGE_SCP__PORT": "0", "BRIDGE_METRICS__ENABLED": "false",
-               "BRIDGE_MAPPINGS__WATCH_SECONDS": "0", "BRIDGE_STORE__URL": config.store.url,
-               "BRIDGE_STORE__INSTANCE": name}
-        return load_config(ROOT / "config.yaml", environ=env)
-
-    a, b = Bridge(bridge_config("a")), Bridge(bridge_config("b"))
+    a, b = (Bridge(_instance_config(tmp_path, config.store.url, n)) for n in ("a", "b"))
     await a.start()
     await b.start()
 
@@ -457,3 +437,16 @@ def test_a_starting_instance_marks_only_its_own_unanswered_messages(config) -> N
     finally:
         a.close()
         b.close()
+
+
+def _instance_config(tmp_path, url: str, name: str):
+    """One in-process bridge of a cluster on the store at `url`: its own folder, free ports."""
+    from conftest import ROOT
+
+    from bridge.config import load_config
+
+    env = {"BRIDGE_DATA_DIR": str(tmp_path / name), "BRIDGE_MLLP__PORT": "0",
+           "BRIDGE_SCP__PORT": "0", "BRIDGE_METRICS__ENABLED": "false",
+           "BRIDGE_MAPPINGS__WATCH_SECONDS": "0", "BRIDGE_STORE__URL": url,
+           "BRIDGE_STORE__INSTANCE": name}
+    return load_config(ROOT / "config.yaml", environ=env)

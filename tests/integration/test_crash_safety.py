@@ -9,12 +9,8 @@ partial or corrupt, and the journal has no entry left half-way.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +22,7 @@ from bridge.client import MllpClient, ack_code
 from bridge.dicomfile import file_name
 
 from orders import orm
-from peers import ROOT, bridge_env, free_port, wait_for, wait_for_port
+from peers import KillableBridge, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -64,35 +60,6 @@ def expected_final(messages) -> dict[str, str | None]:
     return final
 
 
-class Bridge:
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.port = free_port()
-        self.env = bridge_env(BRIDGE_DATA_DIR=str(workdir / "data"),
-                              BRIDGE_MLLP__PORT=str(self.port),
-                              BRIDGE_METRICS__ENABLED="false")
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        with open(self.workdir / f"bridge-{self.starts}.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge", "serve", "--config", str(ROOT / "config.yaml")],
-                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, self.proc, timeout=30)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 async def send_all(port: int, messages, acked: dict[str, int], done: threading.Event) -> None:
     """Send each message until it is acknowledged, reconnecting after every kill."""
     index = 0
@@ -114,7 +81,7 @@ async def send_all(port: int, messages, acked: dict[str, int], done: threading.E
 def test_sigkill_at_random_points_loses_nothing(tmp_path: Path) -> None:
     rng = random.Random(20261122)
     messages = stream()
-    bridge = Bridge(tmp_path)
+    bridge = KillableBridge(tmp_path)
     bridge.start()
     acked: dict[str, int] = {}
     done = threading.Event()

@@ -14,9 +14,6 @@ import asyncio
 import contextlib
 import json
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -35,7 +32,7 @@ from bridge.dicomfile import file_name
 
 from orders import orm
 from orthanc_double import OrthancDouble
-from peers import ROOT, bridge_env, free_port, wait_for, wait_for_port
+from peers import KillableBridge, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -96,38 +93,17 @@ class CountingOrthanc(OrthancDouble):
             self.versions[key] = self.versions.get(key, 0) + 1
 
 
-class Bridge:
+class Bridge(KillableBridge):
+    """One instance of the cluster: its own folder and ports, the shared database, the
+    shared Orthanc double."""
+
     def __init__(self, workdir: Path, name: str, url: str, orthanc: str):
-        self.workdir = workdir / name
-        self.workdir.mkdir()
+        (workdir / name).mkdir()
+        super().__init__(workdir / name, start_timeout=60, BRIDGE_STORE__URL=url,
+                         BRIDGE_STORE__INSTANCE=name, BRIDGE_SINKS__ORTHANC__ENABLED="true",
+                         BRIDGE_SINKS__ORTHANC__URL=orthanc,
+                         BRIDGE_MAPPINGS__WATCH_SECONDS="0")
         self.name = name
-        self.port, self.scp_port = free_port(), free_port()
-        self.env = bridge_env(
-            BRIDGE_DATA_DIR=str(self.workdir / "data"), BRIDGE_MLLP__PORT=str(self.port),
-            BRIDGE_SCP__PORT=str(self.scp_port), BRIDGE_METRICS__ENABLED="false",
-            BRIDGE_STORE__URL=url, BRIDGE_STORE__INSTANCE=name,
-            BRIDGE_SINKS__ORTHANC__ENABLED="true", BRIDGE_SINKS__ORTHANC__URL=orthanc,
-            BRIDGE_MAPPINGS__WATCH_SECONDS="0")
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        with open(self.workdir / f"bridge-{self.starts}.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge", "serve", "--config", str(ROOT / "config.yaml")],
-                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, self.proc, timeout=60)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
 
 
 async def ris(bridges: list[Bridge], messages, acks: dict[str, list[bytes]],
