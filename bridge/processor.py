@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -164,7 +165,6 @@ class Processor:
             msg, profile = prepared.msg, prepared.profile
             mapped = None
             lookups: list[OrderLookup] = []
-            existing: dict[str, list[StoredItem]] | None = None
             patients: dict[str, list[StoredItem]] | None = None  # an ADT's, as planned on
             if isinstance(profile, PatientProfile):
                 previous = await self._previous(header)
@@ -182,24 +182,23 @@ class Processor:
             # The store refuses a plan made on items another connection or instance changed
             # meanwhile (Stale): plan again from what is stored now.
             for attempt in range(1, 11):
-                if mapped is not None:
-                    # Mapped first (CPU only), then one trip to the store for both the
-                    # duplicate check and the orders' items: fewer hand-offs to the store's
-                    # thread.
-                    previous, existing = await self.store.run(
-                        self.store.store.prior_state, header["sender"], header["control_id"],
-                        lookups)
-                    if previous is not None:
-                        return await self._duplicate(journal_id, header, previous)
-                    writes, warnings, identifiers = self._plan(msg, mapped, existing)
-                elif attempt > 1:
-                    assert isinstance(profile, PatientProfile)
-                    writes, patients = await self._patient_writes(msg, profile,
-                                                                  prepared.updates or [])
                 try:
+                    if mapped is not None:
+                        # Mapped first (CPU only), then one trip to the store: the duplicate
+                        # check, the orders' items, the plan made on them and the commit.
+                        previous, writes = await self.store.run(
+                            self.store.store.commit_planned, journal_id, header, lookups,
+                            functools.partial(self._plan, msg, mapped), ack)
+                        if previous is not None:
+                            return await self._duplicate(journal_id, header, previous)
+                        break
+                    if attempt > 1:
+                        assert isinstance(profile, PatientProfile)
+                        writes, patients = await self._patient_writes(msg, profile,
+                                                                      prepared.updates or [])
                     await self.store.run(self.store.store.commit_message, journal_id, header,
                                          writes, "AA", ack, "; ".join(warnings) or None,
-                                         identifiers, lookups, existing, patients)
+                                         identifiers, None, None, patients)
                     break
                 except Duplicate as dup:  # the same message committed at the same moment
                     return await self._duplicate(journal_id, header, dup.previous)

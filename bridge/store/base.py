@@ -19,8 +19,11 @@ Consistency rules (the database decides; an instance's memory is a cache):
   `pg_advisory_xact_lock(hashtext(name))` for the order key and every identifier, sorted so
   that two instances never deadlock; SQLite: the write transaction itself) and compares the
   orders' items with those `prior_state` returned (`seen`). Changed: `Stale`, nothing
-  written; the processor reads and plans again. Advisory locks rather than row locks: the
-  order may not have a row yet (a new order arriving twice at once).
+  written; the processor reads and plans again. `commit_planned` does the read, the
+  processor's plan and the commit in one call (one hand-off to the store's thread); on
+  SQLite its read is inside the write transaction and cannot be stale. Advisory locks
+  rather than row locks: the order may not have a row yet (a new order arriving twice at
+  once).
 - **Per-patient serialization**: an ADT message's commit (`patients`, what
   `patients_state` returned) locks `patient=<id>` for each patient ID it names and raises
   `Stale` when their items changed; an order commit locks its items' patient IDs too. All
@@ -56,6 +59,7 @@ from bridge.store.sqlite import (
     OutboundRow,
     OutboxRow,
     OutboxState,
+    Plan,
     SinkState,
     StoredItem,
     User,
@@ -88,6 +92,9 @@ class StoreInterface(Protocol):
                        orders: list[OrderLookup] | None = None,
                        seen: dict[str, list[StoredItem]] | None = None,
                        patients: dict[str, list[StoredItem]] | None = None) -> None: ...
+    def commit_planned(self, journal_id: int, header: dict[str, str | None],
+                       orders: list[OrderLookup], plan: Plan, ack: bytes
+                       ) -> tuple[tuple[str, bytes] | None, list[ItemWrite]]: ...
     def journal_failed(self, journal_id: int, header: dict[str, str | None], ack_code: str,
                        ack: bytes, error: str) -> None: ...
     def journal_duplicate(self, journal_id: int, header: dict[str, str | None],

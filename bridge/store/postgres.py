@@ -165,6 +165,8 @@ class PostgresStore(Store):
     shared = True
     # One transaction per call: a group's locks held together could deadlock two instances.
     max_group = 1
+    # Another instance may change the orders between commit_planned's read and its locks.
+    reads_locked = False
     _mpps_order = "id"
 
     def __init__(self, url: str, sinks: Iterable[str] = ()):
