@@ -330,6 +330,9 @@ class Store:
             # commits on power loss in WAL mode.
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA busy_timeout=5000")
+            # Savepoints (each call of a group commit has one) keep their undo data in a
+            # statement journal: a temporary file by default, written for every message.
+            self.db.execute("PRAGMA temp_store=MEMORY")
             self.migrate()
         except sqlite3.Error as exc:
             # A new store (or a migration) on a full disk: a clear error, not a traceback.
@@ -480,9 +483,8 @@ class Store:
             if previous is not None:
                 return previous, []
             writes, notes, identifiers = plan(existing)
-            self.commit_message(journal_id, header, writes, "AA", ack,
-                                "; ".join(notes) or None, identifiers, orders,
-                                None if self.reads_locked else existing)
+            self._commit(journal_id, header, writes, "AA", ack, "; ".join(notes) or None,
+                         identifiers, orders, None if self.reads_locked else existing, None)
         return None, writes
 
     def find_order(self, lookup: OrderLookup) -> list[StoredItem]:
@@ -580,30 +582,39 @@ class Store:
         durable and the ACK may go out.
         """
         with self._transaction():
-            control_id = header.get("control_id")
-            if control_id and ack_code == "AA":
-                # The unique key decides between two instances committing the same message
-                # at once: the second waits for the first's commit, then finds its row.
-                sender = header.get("sender") or ""
-                cur = self.db.execute(
-                    "INSERT INTO accepted (sender, control_id, journal_id) VALUES (?, ?, ?) "
-                    "ON CONFLICT DO NOTHING", (sender, control_id, journal_id))
-                if cur.rowcount == 0:
-                    previous = self.previous_ack(sender, control_id)
-                    raise Duplicate(previous or ("AA", b""))
-            if orders or patients:
-                self.lock_names(_lock_names(orders or [], seen or {}, patients or {}, writes))
-                if orders and seen is not None and self._changed(orders, seen):
-                    raise Stale()
-                if patients and self._patients_changed(patients):
-                    raise Stale()
-            self._write_items(writes, journal_id)
-            self.db.executemany(
-                "INSERT INTO order_ids (order_key, kind, value) SELECT ?, ?, ? "
-                "WHERE ? = 'accession' OR NOT EXISTS (SELECT 1 FROM order_ids WHERE "
-                "kind = ? AND value = ?) ON CONFLICT DO NOTHING",
-                [(key, kind, value, kind, kind, value) for key, kind, value in identifiers])
-            self._finish(journal_id, "processed", header, ack_code, ack, warnings)
+            self._commit(journal_id, header, writes, ack_code, ack, warnings, identifiers,
+                         orders, seen, patients)
+
+    def _commit(self, journal_id: int, header: dict[str, str | None],
+                writes: list[ItemWrite], ack_code: str, ack: bytes, warnings: str | None,
+                identifiers: Iterable[tuple[str, str, str]], orders: list[OrderLookup] | None,
+                seen: dict[str, list[StoredItem]] | None,
+                patients: dict[str, list[StoredItem]] | None) -> None:
+        """commit_message inside a transaction already open."""
+        control_id = header.get("control_id")
+        if control_id and ack_code == "AA":
+            # The unique key decides between two instances committing the same message
+            # at once: the second waits for the first's commit, then finds its row.
+            sender = header.get("sender") or ""
+            cur = self.db.execute(
+                "INSERT INTO accepted (sender, control_id, journal_id) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING", (sender, control_id, journal_id))
+            if cur.rowcount == 0:
+                previous = self.previous_ack(sender, control_id)
+                raise Duplicate(previous or ("AA", b""))
+        if orders or patients:
+            self.lock_names(_lock_names(orders or [], seen or {}, patients or {}, writes))
+            if orders and seen is not None and self._changed(orders, seen):
+                raise Stale()
+            if patients and self._patients_changed(patients):
+                raise Stale()
+        self._write_items(writes, journal_id)
+        self.db.executemany(
+            "INSERT INTO order_ids (order_key, kind, value) SELECT ?, ?, ? "
+            "WHERE ? = 'accession' OR NOT EXISTS (SELECT 1 FROM order_ids WHERE "
+            "kind = ? AND value = ?) ON CONFLICT DO NOTHING",
+            [(key, kind, value, kind, kind, value) for key, kind, value in identifiers])
+        self._finish(journal_id, "processed", header, ack_code, ack, warnings)
 
     def lock_names(self, names: Iterable[str]) -> None:
         """Serialize messages for the same orders and patients until the transaction ends.
