@@ -80,7 +80,7 @@ def order_identifiers(rule: Rule, scope: Scope) -> list[tuple[str, str]]:
     for path in rule.sources:
         if path.segment_sel is not None or path.repetition_sel is not None:
             return []
-        raws = [r for r in scope.read(path) if r.strip()]
+        raws = scope.present(path)
         value = field_key(raws[0], scope.seps) if raws else ""
         if not value:
             continue

@@ -57,9 +57,10 @@ class NoProfile(LookupError):
 
 def select_profile(profiles: list[Profile], msg: Message) -> Profile:
     app, facility = msg.header(3), msg.header(4)
+    message_type, version = msg.message_type, msg.version  # read once, not per profile
     best, best_score = None, -1
     for profile in profiles:
-        score = profile.match.score(msg.message_type, app, facility, msg.version)
+        score = profile.match.score(message_type, app, facility, version)
         if score > best_score:
             best, best_score = profile, score
     if best is None:

@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from bridge.mapping.transforms import TRANSFORMS, derived_uid, new_uid
-from bridge.message import Path, Segment, Separators, has_segment, read_raw, unescape
+from bridge.message import Path, Segment, SegmentList, Separators, read_found, unescape
 
 # DICOM maximum value lengths, in characters, of the string VRs (PS3.5 table 6.2-1).
 MAX_LENGTH = {
@@ -77,20 +77,42 @@ class Scope:
     uid_root: str = "2.25"  # the profile's root for derived UIDs
     backslash: str = "/"  # replaces a backslash inside one value (the profile's `backslash`)
 
-    def read(self, path: Path) -> list[str]:
+    def __post_init__(self) -> None:
+        # Segment name -> its occurrences in the first level that holds it, built once per
+        # scope: a scan of the levels per read made mapping quadratic in the number of
+        # groups, and cost a search per rule even in a one-order message.
+        self._found: dict[str, list[Segment]] = {}
         for segments in self.levels:
-            # By the message's index where there is one: a scan per rule and group made
-            # mapping quadratic in the number of groups.
-            if has_segment(segments, path.segment):
-                return read_raw(segments, path, self.seps)
-        return []
+            if isinstance(segments, SegmentList):
+                for name, found in segments.by_name.items():
+                    self._found.setdefault(name, found)
+            else:
+                names: dict[str, list[Segment]] = {}
+                for seg in segments:
+                    names.setdefault(seg.name, []).append(seg)
+                for name, found in names.items():
+                    self._found.setdefault(name, found)
+        # Path text -> its non-empty raw values: several rules read the same fields (the
+        # scheduled date, time and time zone read the same six paths), and a path's text
+        # says all it selects (Path.parse).
+        self._present: dict[str, list[str]] = {}
+
+    def read(self, path: Path) -> list[str]:
+        return read_found(self._found.get(path.segment, []), path, self.seps)
+
+    def present(self, path: Path) -> list[str]:
+        """The raw values at `path` that are not blank, read once per scope: the caller
+        must not change the list."""
+        values = self._present.get(path.text)
+        if values is None:
+            values = [r for r in self.read(path) if r.strip()]
+            self._present[path.text] = values
+        return values
 
     def first(self, path: Path) -> str:
         """The first non-empty value at `path`, unescaped and trimmed ("" when none)."""
-        for raw in self.read(path):
-            if raw.strip():
-                return unescape(raw, self.seps).strip()
-        return ""
+        values = self.present(path)
+        return unescape(values[0], self.seps).strip() if values else ""
 
 
 @dataclass
@@ -179,9 +201,9 @@ class Rule:
         A path with a ``*`` selector gives every non-empty occurrence; others give one.
         """
         for path in self.sources:
-            values = [r for r in scope.read(path) if r.strip() != ""]
+            values = scope.present(path)
             if values:
-                return (values if self._every(path) else values[:1]), path.text
+                return (list(values) if path.every else values[:1]), path.text
         return [], self.sources[0].text if self.sources else "value"
 
     def _from_sources(self, scope: Scope, steps: list[str],
@@ -192,18 +214,18 @@ class Rule:
         steps.append(name)
         transform = TRANSFORMS[name]
         for path in self.sources:
-            raws = [r for r in scope.read(path) if r.strip() != ""]
+            raws = scope.present(path)
             if not raws:
                 continue
-            if not self._every(path):
-                raws = raws[:1]
+            if not path.every:
+                value = self._post(str(transform(raws[0], scope.seps)).strip(), steps)
+                if value:
+                    # One value asked for: a backslash in it would split it in two.
+                    return [self._no_delimiter(value, path.text, scope, warnings)], path.text
+                continue
             values = [self._post(str(transform(raw, scope.seps)).strip(), steps) for raw in raws]
             values = [v for v in values if v]
             if values:
-                if not self._every(path):
-                    # One value asked for: a backslash in it would split it in two.
-                    values = [self._no_delimiter(v, path.text, scope, warnings)
-                              for v in values]
                 return values, path.text
         return [""], self.sources[0].text if self.sources else "value"
 
@@ -222,11 +244,6 @@ class Rule:
             f"{source}: a backslash (DICOM's value delimiter) was replaced by "
             f"{scope.backslash!r}", "backslash replaced"))
         return value.replace(MULTI_VALUE, scope.backslash)
-
-    @staticmethod
-    def _every(path: Path) -> bool:
-        return (path.repetition_sel is not None and path.repetition_sel.every) or \
-            (path.segment_sel is not None and path.segment_sel.every)
 
     def evaluate(self, scope: Scope, trace: Trace | None, prefix: str = "") -> object:
         if self.when and not self.applies(scope):
@@ -303,6 +320,8 @@ class Rule:
         return f"{', '.join(names[:-1])} and {names[-1]} are all empty"
 
     def _fit(self, value: str, warnings: list[MappingWarning]) -> str:
+        if not value:
+            return value  # nothing to fit (most optional attributes of most messages)
         if self.vr not in MULTILINE_VRS and ("\r" in value or "\n" in value):
             value = " ".join(value.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
         if self.vr in ASCII_VRS and not _PRINTABLE_ASCII.match(value):
