@@ -66,11 +66,12 @@ def corpus_messages(folder: Path) -> list[bytes]:
 class Ingest:
     """What the processor does with one message before its store trip."""
 
-    def __init__(self, config_file: Path, mappings: Path):
+    def __init__(self, config_file: Path, mappings: Path, trace: bool | str = True):
         self.config = load_config(config_file, environ={})
         self.profiles = load_profiles(mappings)
         self.control = OrderControl(self.config.lifecycle)
         self.tally = WarningTally()
+        self.trace = trace  # what the processor asks apply_profile for
 
     def run(self, raw: bytes, out: list[str] | None = None) -> bytes:
         cfg = self.config.mllp
@@ -95,7 +96,7 @@ class Ingest:
                 if out is not None:
                     out.extend(f"update: {u!r}" for u in updates)
             else:
-                mapped = apply_profile(profile, msg, trace=True)
+                mapped = apply_profile(profile, msg, trace=self.trace)
                 self.tally.record(mapped)
                 sender = msg.header(3)
                 for order in mapped.orders:
@@ -157,12 +158,15 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--profile", action="store_true", help="cProfile's top functions")
     parser.add_argument("--dump", type=Path, help="write every output here, for diff")
+    parser.add_argument("--trace", choices=("all", "warnings"), default="all",
+                        help="the trace asked of apply_profile: all (trace=True, the "
+                             "processor today) or warnings (trace='warnings')")
     args = parser.parse_args()
     # The bridge's warnings (a UTF-8 sniff, each recurring mapping warning once) would be
     # printed here; the time to format them is not what this measures.
     logging.disable(logging.WARNING)
     print(f"bridge from {os.path.dirname(bridge.__file__)}")
-    path = Ingest(args.config, args.mappings)
+    path = Ingest(args.config, args.mappings, True if args.trace == "all" else "warnings")
     ingest = ingest_messages(args.orders)
     corpus = corpus_messages(args.corpus)
     fixtures = corpus_messages(ROOT / "tests/fixtures/hl7")

@@ -365,10 +365,17 @@ def read_found(found: list[Segment], path: Path, seps: Separators) -> list[str]:
         # as below, without the selector steps; mapping reads dozens of these per message.
         if not found:
             return []
-        field = found[0][path.field]
-        if not path.whole_field:
-            field = field.split(seps.repetition, 1)[0]
-        return [_element(field, path.parts, seps)]
+        value = found[0][path.field]
+        if path.whole_field:
+            return [_element(value, path.parts, seps)]
+        value = value.split(seps.repetition, 1)[0]
+        if path.component is not None:
+            parts = value.split(seps.component)
+            value = parts[path.component - 1] if path.component <= len(parts) else ""
+            if path.subcomponent is not None:
+                parts = value.split(seps.subcomponent)
+                value = parts[path.subcomponent - 1] if path.subcomponent <= len(parts) else ""
+        return [value]
     values = []
     for seg in _select(found, path, seps):
         field = seg[path.field]

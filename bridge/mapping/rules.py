@@ -105,7 +105,8 @@ class Scope:
         must not change the list."""
         values = self._present.get(path.text)
         if values is None:
-            values = [r for r in self.read(path) if r.strip()]
+            values = [r for r in read_found(self._found.get(path.segment, []), path, self.seps)
+                      if r.strip()]
             self._present[path.text] = values
         return values
 
@@ -130,6 +131,10 @@ class TraceEntry:
 @dataclass
 class Trace:
     entries: list[TraceEntry] = field(default_factory=list)
+    # Only the entries with a warning: all the processor journals and counts (warnings,
+    # specific_warnings, warning_keys give the same), without an entry per attribute of
+    # every message. `translate` and the console show the whole trace.
+    warnings_only: bool = False
 
     @property
     def warnings(self) -> list[str]:
@@ -218,10 +223,14 @@ class Rule:
             if not raws:
                 continue
             if not path.every:
-                value = self._post(str(transform(raws[0], scope.seps)).strip(), steps)
+                value = str(transform(raws[0], scope.seps)).strip()
+                if self.replace or self.value_map is not None:
+                    value = self._post(value, steps)
                 if value:
-                    # One value asked for: a backslash in it would split it in two.
-                    return [self._no_delimiter(value, path.text, scope, warnings)], path.text
+                    if MULTI_VALUE in value:
+                        # One value asked for: a backslash in it would split it in two.
+                        value = self._no_delimiter(value, path.text, scope, warnings)
+                    return [value], path.text
                 continue
             values = [self._post(str(transform(raw, scope.seps)).strip(), steps) for raw in raws]
             values = [v for v in values if v]
@@ -247,7 +256,7 @@ class Rule:
 
     def evaluate(self, scope: Scope, trace: Trace | None, prefix: str = "") -> object:
         if self.when and not self.applies(scope):
-            if trace is not None:
+            if trace is not None and not trace.warnings_only:
                 trace.entries.append(TraceEntry(
                     prefix + self.keyword, None, "when",
                     [f"skipped: not ({'; '.join(t.describe() for t in self.when)})"], []))
@@ -269,32 +278,41 @@ class Rule:
         if self.template is not None:
             values = [self._no_delimiter(v, "template", scope, warnings) for v in values]
         # Several values: DICOM values of a multi-valued attribute, or lines of a text.
-        result = ("\r\n" if self.vr in MULTILINE_VRS else MULTI_VALUE).join(values)
-        if not result and self.uid_from:
+        if len(values) == 1:
+            result = values[0]
+        else:
+            result = ("\r\n" if self.vr in MULTILINE_VRS else MULTI_VALUE).join(values)
+        if not result:
+            result, source, inputs = self._fallback(scope, source)
+        result = self._fit(result, warnings)
+        if self.required and not result:
+            raise MappingFieldError(
+                f"{self.keyword} is required but {self._sources_text()}",
+                self.sources[0] if self.sources else None, self.keyword, self.where)
+        if trace is not None and (warnings or not trace.warnings_only):
+            trace.entries.append(TraceEntry(prefix + self.keyword, result, source, steps,
+                                            warnings, self.required, self.where, inputs))
+        return result
+
+    def _fallback(self, scope: Scope, source: str) -> tuple[str, str, str]:
+        """No value from the message: uid_from, uid_generate, then default, as the first
+        gives one. Returns the value, its source and what a derived UID was made from."""
+        if self.uid_from:
             root = self.uid_root or scope.uid_root
             for path in self.uid_from:
                 seed = scope.first(path)
                 if seed:
                     # The sender is part of the seed: two RIS may use the same accession.
                     sender = scope.facts.get("sender", "")
-                    result = derived_uid(f"{sender}|{path.text}|{seed}", root)
-                    source = f"uid from {path.text}"
                     inputs = (f"sender {sender!r} (MSH-3|MSH-4), rule path {path.text!r}, "
                               f"value {seed!r}, root {root}")
-                    break
-        if not result and self.uid_generate:
-            result, source = new_uid(self.uid_root or scope.uid_root), "uid generated"
-        if not result and self.default is not None:
-            result, source = self.default, "default"
-        result = self._fit(result, warnings)
-        if self.required and not result:
-            raise MappingFieldError(
-                f"{self.keyword} is required but {self._sources_text()}",
-                self.sources[0] if self.sources else None, self.keyword, self.where)
-        if trace is not None:
-            trace.entries.append(TraceEntry(prefix + self.keyword, result, source, steps,
-                                            warnings, self.required, self.where, inputs))
-        return result
+                    return (derived_uid(f"{sender}|{path.text}|{seed}", root),
+                            f"uid from {path.text}", inputs)
+        if self.uid_generate:
+            return new_uid(self.uid_root or scope.uid_root), "uid generated", ""
+        if self.default is not None:
+            return self.default, "default", ""
+        return "", source, ""
 
     def _post(self, value: str, steps: list[str]) -> str:
         """replace, then map: per value, so that each of several repetitions is mapped."""
@@ -426,7 +444,7 @@ class SequenceRule:
             raise MappingFieldError(
                 f"{self.keyword} is required but {rule._sources_text()}",
                 rule.sources[0] if rule.sources else None, self.keyword, rule.where)
-        if trace is not None:
+        if trace is not None and (warnings or not trace.warnings_only):
             trace.entries.append(TraceEntry(prefix + self.keyword, codes or None, source,
                                             [rule.transform or "code"], warnings,
                                             rule.required, rule.where))
