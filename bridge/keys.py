@@ -32,6 +32,10 @@ def field_key(raw: str, seps: Separators) -> str:
     """A raw (escaped) HL7 field as key text: its first repetition, every component and
     subcomponent unescaped then escaped for the key. Trailing empty components say nothing
     in HL7 and are dropped; so is surrounding white space."""
+    if not any(c in raw for c in (seps.repetition, seps.component, seps.subcomponent,
+                                  seps.escape, "\\", "|", "^", "&")):
+        # One plain value (most identifiers): nothing to split, unescape or escape.
+        return raw.strip()
     components = []
     for comp in raw.split(seps.repetition, 1)[0].split(seps.component):
         subs = [escape(unescape(sub, seps).strip(), "\\|^&")

@@ -116,7 +116,7 @@ class Scope:
         return unescape(values[0], self.seps).strip() if values else ""
 
 
-@dataclass
+@dataclass(slots=True)  # one per attribute of every message the processor maps
 class TraceEntry:
     attribute: str
     value: object
