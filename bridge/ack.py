@@ -75,6 +75,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _hex_controls(text: str, seps: Separators) -> str:
+    if text.isprintable():
+        return text  # no control character (they are all unprintable): the usual case
     esc = seps.escape
     return _CONTROL.sub(lambda m: f"{esc}X{ord(m.group()):02X}{esc}", text)
 

@@ -32,6 +32,10 @@ def field_key(raw: str, seps: Separators) -> str:
     """A raw (escaped) HL7 field as key text: its first repetition, every component and
     subcomponent unescaped then escaped for the key. Trailing empty components say nothing
     in HL7 and are dropped; so is surrounding white space."""
+    if not any(c in raw for c in (seps.repetition, seps.component, seps.subcomponent,
+                                  seps.escape, "\\", "|", "^", "&")):
+        # One plain value (most identifiers): nothing to split, unescape or escape.
+        return raw.strip()
     components = []
     for comp in raw.split(seps.repetition, 1)[0].split(seps.component):
         subs = [escape(unescape(sub, seps).strip(), "\\|^&")
@@ -80,7 +84,7 @@ def order_identifiers(rule: Rule, scope: Scope) -> list[tuple[str, str]]:
     for path in rule.sources:
         if path.segment_sel is not None or path.repetition_sel is not None:
             return []
-        raws = [r for r in scope.read(path) if r.strip()]
+        raws = scope.present(path)
         value = field_key(raws[0], scope.seps) if raws else ""
         if not value:
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from bridge.decoding import DecodedMessage
 
@@ -114,6 +115,9 @@ class Message:
             seg.sequence = counts[seg.name] = counts.get(seg.name, 0) + 1
             segments.append(seg)
         self.segments = SegmentList(segments)
+        # MSH values asked for by every stage (keys, profile selection, mapping, ACK): read
+        # once. The segments are never changed after this point.
+        self._headers: dict[tuple[int, int], str] = {}
 
     def first(self, name: str) -> Segment | None:
         found = named(self.segments, name)
@@ -143,7 +147,11 @@ class Message:
 
     # Header values every stage needs; all raw-unescaped text.
     def header(self, field: int, component: int = 1) -> str:
-        return unescape(split_component(self.msh[field], component, self.seps), self.seps)
+        value = self._headers.get((field, component))
+        if value is None:
+            value = unescape(split_component(self.msh[field], component, self.seps), self.seps)
+            self._headers[(field, component)] = value
+        return value
 
     @property
     def control_id(self) -> str:
@@ -293,6 +301,23 @@ class Path:
     def location(self) -> tuple[str, int, int | None, int | None]:
         return (self.segment, self.field, self.component, self.subcomponent)
 
+    # Worked out once per path (a path lives as long as its mapping), not per read.
+    @cached_property
+    def every(self) -> bool:
+        """A ``*`` selector: the path gives every occurrence, not the first."""
+        return (self.repetition_sel is not None and self.repetition_sel.every) or \
+            (self.segment_sel is not None and self.segment_sel.every)
+
+    @cached_property
+    def parts(self) -> tuple[int, ...]:
+        """Component and subcomponent numbers, as far as the path gives them."""
+        return tuple(p for p in (self.component, self.subcomponent) if p is not None)
+
+    @cached_property
+    def whole_field(self) -> bool:
+        """MSH-1 and MSH-2 hold separator characters, not data: never split."""
+        return self.segment == "MSH" and self.field in (1, 2)
+
 
 def _pick(raw: str, sep: str, n: int | None) -> str:
     if n is None:
@@ -313,7 +338,11 @@ def segment_matches(seg: Segment, sel: Selector, seps: Separators, unesc: bool =
 
 
 def select_segments(segments: list[Segment], path: Path, seps: Separators) -> list[Segment]:
-    found = named(segments, path.segment)
+    return _select(named(segments, path.segment), path, seps)
+
+
+def _select(found: list[Segment], path: Path, seps: Separators) -> list[Segment]:
+    """The segments `path` selects among `found`, its segment's occurrences in one level."""
     sel = path.segment_sel
     if not found or sel is None:
         return found[:1]
@@ -326,13 +355,32 @@ def select_segments(segments: list[Segment], path: Path, seps: Separators) -> li
 
 def read_raw(segments: list[Segment], path: Path, seps: Separators) -> list[str]:
     """Raw (escaped) values at `path`; several only when a selector is ``*``."""
+    return read_found(named(segments, path.segment), path, seps)
+
+
+def read_found(found: list[Segment], path: Path, seps: Separators) -> list[str]:
+    """`read_raw` among `found`, the occurrences of the path's segment in one level."""
+    if path.segment_sel is None and path.repetition_sel is None:
+        # Most paths (PID-3.1, OBR-4): the first repetition of the first segment. The same
+        # as below, without the selector steps; mapping reads dozens of these per message.
+        if not found:
+            return []
+        value = found[0][path.field]
+        if path.whole_field:
+            return [_element(value, path.parts, seps)]
+        value = value.split(seps.repetition, 1)[0]
+        if path.component is not None:
+            parts = value.split(seps.component)
+            value = parts[path.component - 1] if path.component <= len(parts) else ""
+            if path.subcomponent is not None:
+                parts = value.split(seps.subcomponent)
+                value = parts[path.subcomponent - 1] if path.subcomponent <= len(parts) else ""
+        return [value]
     values = []
-    for seg in select_segments(segments, path, seps):
+    for seg in _select(found, path, seps):
         field = seg[path.field]
-        if seg.name == "MSH" and path.field in (1, 2):
-            reps = [field]  # MSH-1 and MSH-2 hold separator characters, not data
-        else:
-            reps = field.split(seps.repetition)
+        # MSH-1 and MSH-2 hold separator characters, not data.
+        reps = [field] if path.whole_field else field.split(seps.repetition)
         sel = path.repetition_sel
         if sel is None:
             reps = reps[:1]
@@ -342,6 +390,5 @@ def read_raw(segments: list[Segment], path: Path, seps: Separators) -> list[str]
             reps = [r for r in reps if unescape(_element(r, sel.where, seps), seps) == sel.value]
             reps = reps[:1]
         for rep in reps:
-            values.append(_element(rep, tuple(p for p in (path.component, path.subcomponent)
-                                              if p is not None), seps))
+            values.append(_element(rep, path.parts, seps))
     return values

@@ -14,6 +14,7 @@ from bridge.decoding import decode
 from bridge.dicomfile import to_dataset
 from bridge.mapping.engine import NoProfile, apply_profile, select_profile
 from bridge.mapping.loader import load_profile, load_profiles
+from bridge.mapping.patient import PatientProfile
 from bridge.mapping.rules import MappingFieldError
 from bridge.message import Message
 
@@ -611,3 +612,30 @@ def test_ascii_only_vrs_are_fitted_not_left_unwritable(tmp_path: Path) -> None:
     assert step["ScheduledStationAETitle"] == "STATIONE1"
     assert any("cannot hold" in w for w in result.warnings)
     to_dataset(result.orders[0].items[0])  # writable
+
+
+
+def test_a_warnings_only_trace_gives_the_same_items_and_warnings() -> None:
+    """The processor's cheaper trace: the same items, warnings and counted warning keys as
+    the full trace translate shows, with only the entries that carry a warning."""
+    profiles = load_profiles(Path(__file__).parent.parent / "mappings")
+    warned = 0
+    for file in sorted((Path(__file__).parent / "fixtures" / "hl7").glob("*.hl7")):
+        msg = message(file.name)
+        try:
+            chosen = select_profile(profiles, msg)
+            if isinstance(chosen, PatientProfile):
+                continue  # an ADT: patient profiles make no trace
+            full = apply_profile(chosen, msg, trace=True)
+        except (NoProfile, MappingFieldError):
+            continue  # no profile for it, or refused: nothing traced
+        lean = apply_profile(chosen, msg, trace="warnings")
+        assert [o.items for o in lean.orders] == [o.items for o in full.orders], file.name
+        assert lean.warnings == full.warnings, file.name
+        assert lean.specific_warnings == full.specific_warnings, file.name
+        assert [t.warning_keys() for t in lean.traces] == \
+            [t.warning_keys() for t in full.traces], file.name
+        assert [len(o.traces) for o in lean.orders] == [len(o.traces) for o in full.orders]
+        assert all(e.warnings for t in lean.traces for e in t.entries), file.name
+        warned += bool(full.warnings)
+    assert warned >= 3  # the fixtures hold messages with warnings: the test compares some

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from bridge import keys
 from bridge.keys import order_identifiers
@@ -57,9 +58,10 @@ class NoProfile(LookupError):
 
 def select_profile(profiles: list[Profile], msg: Message) -> Profile:
     app, facility = msg.header(3), msg.header(4)
+    message_type, version = msg.message_type, msg.version  # read once, not per profile
     best, best_score = None, -1
     for profile in profiles:
-        score = profile.match.score(msg.message_type, app, facility, msg.version)
+        score = profile.match.score(message_type, app, facility, version)
         if score > best_score:
             best, best_score = profile, score
     if best is None:
@@ -82,10 +84,14 @@ def _groups(segments: list[Segment], start: str) -> tuple[list[Segment], list[li
     return SegmentList(header), groups
 
 
-def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
+def apply_profile(profile: Profile, msg: Message, *, trace: bool | Literal["warnings"] = False,
                   facts: dict[str, str] | None = None,
                   pause: Callable[[], None] | None = None) -> MappedMessage:
     """Map every order group of `msg`.
+
+    `trace`: True gives each item a full Trace (translate, the console); "warnings" one
+    with the entries that carry a warning only (the processor: the same warnings, for less
+    CPU per message); False none.
 
     Raises MappingFieldError when an order's key, control or status cannot be read; a missing
     required item value is kept on the order (`MappedOrder.error`) for the caller to judge.
@@ -114,7 +120,7 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool = False,
         traces: list[Trace] = []
         error = None
         for level in item_levels:
-            t = Trace() if trace else None
+            t = Trace(warnings_only=trace == "warnings") if trace else None
             scope = Scope([level, group, header, msg.segments], msg.seps, facts,
                           profile.uid_root, profile.backslash)
             try:

@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from bridge.mapping.transforms import TRANSFORMS, derived_uid, new_uid
-from bridge.message import Path, Segment, Separators, has_segment, read_raw, unescape
+from bridge.message import Path, Segment, SegmentList, Separators, read_found, unescape
 
 # DICOM maximum value lengths, in characters, of the string VRs (PS3.5 table 6.2-1).
 MAX_LENGTH = {
@@ -77,23 +77,46 @@ class Scope:
     uid_root: str = "2.25"  # the profile's root for derived UIDs
     backslash: str = "/"  # replaces a backslash inside one value (the profile's `backslash`)
 
-    def read(self, path: Path) -> list[str]:
+    def __post_init__(self) -> None:
+        # Segment name -> its occurrences in the first level that holds it, built once per
+        # scope: a scan of the levels per read made mapping quadratic in the number of
+        # groups, and cost a search per rule even in a one-order message.
+        self._found: dict[str, list[Segment]] = {}
         for segments in self.levels:
-            # By the message's index where there is one: a scan per rule and group made
-            # mapping quadratic in the number of groups.
-            if has_segment(segments, path.segment):
-                return read_raw(segments, path, self.seps)
-        return []
+            if isinstance(segments, SegmentList):
+                for name, found in segments.by_name.items():
+                    self._found.setdefault(name, found)
+            else:
+                names: dict[str, list[Segment]] = {}
+                for seg in segments:
+                    names.setdefault(seg.name, []).append(seg)
+                for name, found in names.items():
+                    self._found.setdefault(name, found)
+        # Path text -> its non-empty raw values: several rules read the same fields (the
+        # scheduled date, time and time zone read the same six paths), and a path's text
+        # says all it selects (Path.parse).
+        self._present: dict[str, list[str]] = {}
+
+    def read(self, path: Path) -> list[str]:
+        return read_found(self._found.get(path.segment, []), path, self.seps)
+
+    def present(self, path: Path) -> list[str]:
+        """The raw values at `path` that are not blank, read once per scope: the caller
+        must not change the list."""
+        values = self._present.get(path.text)
+        if values is None:
+            values = [r for r in read_found(self._found.get(path.segment, []), path, self.seps)
+                      if r.strip()]
+            self._present[path.text] = values
+        return values
 
     def first(self, path: Path) -> str:
         """The first non-empty value at `path`, unescaped and trimmed ("" when none)."""
-        for raw in self.read(path):
-            if raw.strip():
-                return unescape(raw, self.seps).strip()
-        return ""
+        values = self.present(path)
+        return unescape(values[0], self.seps).strip() if values else ""
 
 
-@dataclass
+@dataclass(slots=True)  # one per attribute of every message the processor maps
 class TraceEntry:
     attribute: str
     value: object
@@ -108,6 +131,10 @@ class TraceEntry:
 @dataclass
 class Trace:
     entries: list[TraceEntry] = field(default_factory=list)
+    # Only the entries with a warning: all the processor journals and counts (warnings,
+    # specific_warnings, warning_keys give the same), without an entry per attribute of
+    # every message. `translate` and the console show the whole trace.
+    warnings_only: bool = False
 
     @property
     def warnings(self) -> list[str]:
@@ -179,9 +206,9 @@ class Rule:
         A path with a ``*`` selector gives every non-empty occurrence; others give one.
         """
         for path in self.sources:
-            values = [r for r in scope.read(path) if r.strip() != ""]
+            values = scope.present(path)
             if values:
-                return (values if self._every(path) else values[:1]), path.text
+                return (list(values) if path.every else values[:1]), path.text
         return [], self.sources[0].text if self.sources else "value"
 
     def _from_sources(self, scope: Scope, steps: list[str],
@@ -192,18 +219,22 @@ class Rule:
         steps.append(name)
         transform = TRANSFORMS[name]
         for path in self.sources:
-            raws = [r for r in scope.read(path) if r.strip() != ""]
+            raws = scope.present(path)
             if not raws:
                 continue
-            if not self._every(path):
-                raws = raws[:1]
+            if not path.every:
+                value = str(transform(raws[0], scope.seps)).strip()
+                if self.replace or self.value_map is not None:
+                    value = self._post(value, steps)
+                if value:
+                    if MULTI_VALUE in value:
+                        # One value asked for: a backslash in it would split it in two.
+                        value = self._no_delimiter(value, path.text, scope, warnings)
+                    return [value], path.text
+                continue
             values = [self._post(str(transform(raw, scope.seps)).strip(), steps) for raw in raws]
             values = [v for v in values if v]
             if values:
-                if not self._every(path):
-                    # One value asked for: a backslash in it would split it in two.
-                    values = [self._no_delimiter(v, path.text, scope, warnings)
-                              for v in values]
                 return values, path.text
         return [""], self.sources[0].text if self.sources else "value"
 
@@ -223,14 +254,9 @@ class Rule:
             f"{scope.backslash!r}", "backslash replaced"))
         return value.replace(MULTI_VALUE, scope.backslash)
 
-    @staticmethod
-    def _every(path: Path) -> bool:
-        return (path.repetition_sel is not None and path.repetition_sel.every) or \
-            (path.segment_sel is not None and path.segment_sel.every)
-
     def evaluate(self, scope: Scope, trace: Trace | None, prefix: str = "") -> object:
         if self.when and not self.applies(scope):
-            if trace is not None:
+            if trace is not None and not trace.warnings_only:
                 trace.entries.append(TraceEntry(
                     prefix + self.keyword, None, "when",
                     [f"skipped: not ({'; '.join(t.describe() for t in self.when)})"], []))
@@ -252,32 +278,41 @@ class Rule:
         if self.template is not None:
             values = [self._no_delimiter(v, "template", scope, warnings) for v in values]
         # Several values: DICOM values of a multi-valued attribute, or lines of a text.
-        result = ("\r\n" if self.vr in MULTILINE_VRS else MULTI_VALUE).join(values)
-        if not result and self.uid_from:
+        if len(values) == 1:
+            result = values[0]
+        else:
+            result = ("\r\n" if self.vr in MULTILINE_VRS else MULTI_VALUE).join(values)
+        if not result:
+            result, source, inputs = self._fallback(scope, source)
+        result = self._fit(result, warnings)
+        if self.required and not result:
+            raise MappingFieldError(
+                f"{self.keyword} is required but {self._sources_text()}",
+                self.sources[0] if self.sources else None, self.keyword, self.where)
+        if trace is not None and (warnings or not trace.warnings_only):
+            trace.entries.append(TraceEntry(prefix + self.keyword, result, source, steps,
+                                            warnings, self.required, self.where, inputs))
+        return result
+
+    def _fallback(self, scope: Scope, source: str) -> tuple[str, str, str]:
+        """No value from the message: uid_from, uid_generate, then default, as the first
+        gives one. Returns the value, its source and what a derived UID was made from."""
+        if self.uid_from:
             root = self.uid_root or scope.uid_root
             for path in self.uid_from:
                 seed = scope.first(path)
                 if seed:
                     # The sender is part of the seed: two RIS may use the same accession.
                     sender = scope.facts.get("sender", "")
-                    result = derived_uid(f"{sender}|{path.text}|{seed}", root)
-                    source = f"uid from {path.text}"
                     inputs = (f"sender {sender!r} (MSH-3|MSH-4), rule path {path.text!r}, "
                               f"value {seed!r}, root {root}")
-                    break
-        if not result and self.uid_generate:
-            result, source = new_uid(self.uid_root or scope.uid_root), "uid generated"
-        if not result and self.default is not None:
-            result, source = self.default, "default"
-        result = self._fit(result, warnings)
-        if self.required and not result:
-            raise MappingFieldError(
-                f"{self.keyword} is required but {self._sources_text()}",
-                self.sources[0] if self.sources else None, self.keyword, self.where)
-        if trace is not None:
-            trace.entries.append(TraceEntry(prefix + self.keyword, result, source, steps,
-                                            warnings, self.required, self.where, inputs))
-        return result
+                    return (derived_uid(f"{sender}|{path.text}|{seed}", root),
+                            f"uid from {path.text}", inputs)
+        if self.uid_generate:
+            return new_uid(self.uid_root or scope.uid_root), "uid generated", ""
+        if self.default is not None:
+            return self.default, "default", ""
+        return "", source, ""
 
     def _post(self, value: str, steps: list[str]) -> str:
         """replace, then map: per value, so that each of several repetitions is mapped."""
@@ -303,6 +338,8 @@ class Rule:
         return f"{', '.join(names[:-1])} and {names[-1]} are all empty"
 
     def _fit(self, value: str, warnings: list[MappingWarning]) -> str:
+        if not value:
+            return value  # nothing to fit (most optional attributes of most messages)
         if self.vr not in MULTILINE_VRS and ("\r" in value or "\n" in value):
             value = " ".join(value.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
         if self.vr in ASCII_VRS and not _PRINTABLE_ASCII.match(value):
@@ -407,7 +444,7 @@ class SequenceRule:
             raise MappingFieldError(
                 f"{self.keyword} is required but {rule._sources_text()}",
                 rule.sources[0] if rule.sources else None, self.keyword, rule.where)
-        if trace is not None:
+        if trace is not None and (warnings or not trace.warnings_only):
             trace.entries.append(TraceEntry(prefix + self.keyword, codes or None, source,
                                             [rule.transform or "code"], warnings,
                                             rule.required, rule.where))
