@@ -324,7 +324,7 @@ class Processor:
     def _map(self, msg: Message, profile: Profile,
              pace: Callable[[], None] | None = None) -> MappedMessage:
         try:
-            mapped = apply_profile(profile, msg, trace=True, pause=pace)
+            mapped = apply_profile(profile, msg, trace="warnings", pause=pace)
         except MappingFieldError as exc:
             raise self._field_rejection(exc, msg, profile.group_segment,
                                         exc.group_index) from exc
