@@ -62,6 +62,24 @@ def compact(node: dict) -> dict:
     return out
 
 
+def compact_in_place(node: dict) -> dict:
+    """`compact` for a dataset no one else holds (the store's decoded rows at start-up):
+    its short values replaced by the interned equal strings, no copy made. Keywords stay
+    as decoded: the store decodes a page of items at once, sharing them already."""
+    for keyword, value in node.items():
+        kind = type(value)
+        if kind is str:
+            if len(value) <= 16 and keyword not in _UNIQUE:
+                node[keyword] = sys.intern(value)
+        elif kind is list:
+            for v in value:
+                if type(v) is dict:
+                    compact_in_place(v)
+        elif kind is dict:
+            compact_in_place(value)
+    return node
+
+
 MODALITY = 0x00080060
 # Top-level keys indexed by exact value.
 _TOP = {0x00080050: "AccessionNumber", 0x00100020: "PatientID",
@@ -96,10 +114,13 @@ class WorklistIndex:
         return len(self._entries)
 
     def load(self, items: Iterable[StoredItem]) -> None:
+        """Items read from the store for this call: their datasets become the index's own
+        (interned in place, not copied)."""
         with self._lock:
             self._unsorted = True
             for item in items:
-                self._put(item.item_key, item.status, item.dataset, item.version)
+                self._put(item.item_key, item.status, compact_in_place(item.dataset),
+                          item.version)
 
     def apply(self, writes: Sequence[ItemWrite]) -> None:
         """The Bridge's change listener: called after every commit, and with other
@@ -107,17 +128,18 @@ class WorklistIndex:
         one it holds is ignored."""
         with self._lock:
             for w in writes:
-                self._put(w.item_key, w.status, w.dataset, w.version)
+                # A copy: the writer's dataset may still change after its commit.
+                self._put(w.item_key, w.status, compact(w.dataset), w.version)
 
     def get(self, item_key: str) -> Entry | None:
         return self._entries.get(item_key)
 
     def _put(self, key: str, status: str, data: dict, version: int = 0) -> None:
+        """`data`: compacted, the index's own from now on."""
         if version:  # 0: a write whose version is not known, taken as the newest
             if version < self._versions.get(key, 0):
                 return
             self._versions[key] = version
-        data = compact(data)
         old = self._entries.pop(key, None)
         if old is not None:
             for name, values in _index_values(old.data).items():
@@ -303,12 +325,19 @@ def _prefixes(key: Key) -> list[str]:
     return out
 
 
+def _split(value: str) -> list[str]:
+    """A value's parts (VM > 1: backslash-separated), stripped: what the indexes hold."""
+    if "\\" not in value:  # nearly every value: no list made by a comprehension
+        return [value.strip()]
+    return [v.strip() for v in value.split("\\")]
+
+
 def _prefix_values(data: dict) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for tag, name in _PREFIX.items():
         value = data.get(name)
         if isinstance(value, str) and value:
-            values = [v.strip() for v in value.split("\\")]
+            values = _split(value)
             out[name] = [v.casefold() for v in values] if tag == PATIENT_NAME else values
     return out
 
@@ -318,19 +347,19 @@ def _index_values(data: dict) -> dict[str, list[str]]:
     for name in _TOP.values():
         value = data.get(name)
         if isinstance(value, str) and value:
-            out[name] = [v.strip() for v in value.split("\\")]
+            out[name] = _split(value)
     stations: list[str] = []
     modalities: list[str] = []
     dates: list[str] = []
-    for step in data.get("ScheduledProcedureStepSequence") or []:
+    for step in data.get("ScheduledProcedureStepSequence") or ():
         if not isinstance(step, dict):
             continue
         ae = step.get("ScheduledStationAETitle")
         if isinstance(ae, str) and ae:
-            stations.extend(v.strip() for v in ae.split("\\"))
+            stations += _split(ae)
         modality = step.get("Modality")
         if isinstance(modality, str) and modality:
-            modalities.extend(v.strip() for v in modality.split("\\"))
+            modalities += _split(modality)
         date = step.get("ScheduledProcedureStepStartDate")
         if isinstance(date, str) and date:
             dates.append(date.strip().replace(".", ""))
