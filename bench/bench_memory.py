@@ -1,7 +1,7 @@
 """Memory and start-up of the bridge with its SCP on, at 100,000 and 1,000,000 items.
 
     python bench/bench_memory.py [--sizes 100000,1000000] [--workdir DIR] [--rounds 1]
-                                 [--code DIR ...] [--profile] [--no-write]
+                                 [--code DIR ... --labels A,B] [--profile] [--no-write]
 
 1. Writes the generated items (tests/wlgen.py, 100 days, 20 stations: the same items
    bench_cfind and bench_scale serve) straight into a fresh SQLite store through the
@@ -26,7 +26,6 @@ import argparse
 import copy
 import gc
 import io
-import json
 import os
 import statistics
 import subprocess
@@ -175,8 +174,10 @@ def measure(code: Path, data: Path, items: int) -> dict:
 
 def profile_load(data: Path, sample: int = 20_000) -> dict:
     """Where start-up's load goes, in this process, as ScpService.start loads the index
-    (page by page): the SQL fetch, the JSON decode of the rows, the index build; and the
-    index's memory per item, from tracemalloc over `sample` items."""
+    (pages of 2,000, cyclic GC off): CPU seconds of the SQL fetch alone, of the store's
+    page calls (the fetch, the JSON decode, the StoredItems), of the index build and of
+    sorting its prefix lists; and the index's memory per item, from tracemalloc over the
+    first `sample` items (their decoded datasets included)."""
     import sqlite3
 
     from bridge.scp.index import WorklistIndex
@@ -185,54 +186,56 @@ def profile_load(data: Path, sample: int = 20_000) -> dict:
     statuses = ("SCHEDULED",)
     out: dict = {}
     db = sqlite3.connect(str(data / "bridge.sqlite"))
-    began = time.perf_counter()
-    rows = 0
-    for _row in db.execute("SELECT item_key, status, dataset, version FROM items"):
-        rows += 1
-    out["sql_s"] = time.perf_counter() - began
-    began = time.perf_counter()
-    for (text,) in db.execute("SELECT dataset FROM items"):
-        json.loads(text)
-    out["sql_json_s"] = time.perf_counter() - began
+    began = time.process_time()
+    for _row in db.execute("SELECT * FROM items"):
+        pass
+    out["sql_s"] = time.process_time() - began
     db.close()
     store = open_store(data / "bridge.sqlite", [])
+    gc.collect()
+    gc.disable()
     try:
-        began = time.perf_counter()
-        after = ""
-        pages = []
-        while page := store.items_with_status(statuses, after, 2000):
-            pages.append(page)
-            after = page[-1].item_key
-            if sum(map(len, pages)) >= sample:
-                break
-        out["store_call_s_per_item"] = (time.perf_counter() - began) / sum(map(len, pages))
-        gc.collect()
         tracemalloc.start()
         index = WorklistIndex(statuses)
-        began = time.perf_counter()
-        for page in pages:
-            index.load(page)
-        index.candidates(())  # sorts the prefix lists
-        out["index_s_per_item"] = (time.perf_counter() - began) / len(index)
-        del pages
-        gc.collect()
-        current, _peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        out["index_bytes_per_item"] = current / len(index)
-        out["rows"] = rows
-        # The whole load as the bridge does it (pages of 2,000 into one index).
-        gc.collect()
-        index = WorklistIndex(statuses)
-        began = time.perf_counter()
         after = ""
-        while page := store.items_with_status(statuses, after, 2000):
+        while len(index) < sample and (page := store.items_with_status(statuses, after,
+                                                                        2000)):
             index.load(page)
             after = page[-1].item_key
         index.candidates(())
-        out["load_s"] = time.perf_counter() - began
+        del page
+        out["bytes_per_item"] = tracemalloc.get_traced_memory()[0] / len(index)
+        tracemalloc.stop()
+        del index
+        index = WorklistIndex(statuses)
+        store_s = index_s = 0.0
+        after = ""
+        while True:
+            began = time.process_time()
+            page = store.items_with_status(statuses, after, 2000)
+            loaded = time.process_time()
+            store_s += loaded - began
+            if not page:
+                break
+            index.load(page)
+            index_s += time.process_time() - loaded
+            after = page[-1].item_key
+        began = time.process_time()
+        index.candidates(())
+        out["sort_s"] = time.process_time() - began
+        out["store_s"], out["index_s"], out["items"] = store_s, index_s, len(index)
     finally:
+        gc.enable()
         store.close()
     return out
+
+
+def profile_text(items: int, p: dict) -> str:
+    return (f"{items:,} items, CPU s: SQL fetch {p['sql_s']:.1f}, store page calls "
+            f"{p['store_s']:.1f} (the fetch plus the JSON decode: {p['store_s'] - p['sql_s']:.1f}"
+            f" more), index build {p['index_s']:.1f}, sorting the prefix lists "
+            f"{p['sort_s']:.1f}; index memory {p['bytes_per_item']:,.0f} bytes per item "
+            "(tracemalloc, datasets included)")
 
 
 def main() -> None:
@@ -242,6 +245,7 @@ def main() -> None:
     parser.add_argument("--code", type=Path, action="append",
                         help="a checkout of the bridge to run (repeat to compare; default: "
                              "this one)")
+    parser.add_argument("--labels", help="names of the --code folders, comma-separated")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--no-write", action="store_true")
@@ -249,6 +253,8 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     codes = args.code or [ROOT]
+    labels = dict(zip(codes, args.labels.split(",") if args.labels else
+                      [c.name for c in codes], strict=True))
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[int, str, dict]] = []
     profiles: dict[int, dict] = {}
@@ -267,17 +273,17 @@ def main() -> None:
                       "per answer", flush=True)
         for code in codes:
             median = {k: statistics.median(r[k] for r in runs[code]) for k in runs[code][0]}
-            rows.append((items, str(code), median))
+            rows.append((items, labels[code], median))
         if args.profile:
             profiles[items] = profile_load(data)
-            print(f"{items:>9,} items  load profile: {profiles[items]}", flush=True)
+            print(profile_text(items, profiles[items]), flush=True)
     load = os.getloadavg()
     when = (f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}, load average at the "
             f"end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
     table = ["| items | start-up s | start-up CPU s | RSS after start-up MB | peak RSS MB | "
              "RSS after queries MB | broad C-FIND s (answers) |", "|---|---|---|---|---|---|---|"]
     for items, code, m in rows:
-        label = f"{items:,}" if len(codes) == 1 else f"{items:,} ({Path(code).name})"
+        label = f"{items:,}" if len(codes) == 1 else f"{items:,} ({code})"
         table.append(f"| {label} | {m['startup_s']:.1f} | {m['startup_cpu_s']:.1f} | "
                      f"{m['rss_start_mb']:.0f} | {m['hwm_query_mb']:.0f} | "
                      f"{m['rss_query_mb']:.0f} | {m['broad_s']:.2f} "
@@ -292,7 +298,9 @@ def main() -> None:
             "MLLP listens); RSS is read after start-up and after one selective and one broad "
             "C-FIND (one modality's month: 8 % of the items) through findscu; peak RSS is "
             f"the kernel's high-water mark (VmHWM). Medians of {args.rounds} run(s).\n\n"
-            + "\n".join(table))
+            + "\n".join(table)
+            + "".join(f"\n\nWhere the load goes (`--profile`, in-process): "
+                      f"{profile_text(n, p)}." for n, p in profiles.items()))
     write_section(args.results, "Memory and start-up", body)
 
 
