@@ -1,6 +1,6 @@
 """Memory and start-up of the bridge with its SCP on, at 100,000 and 1,000,000 items.
 
-    python bench/bench_memory.py [--sizes 100000,1000000] [--workdir DIR] [--rounds 1]
+    python bench/bench_memory.py [--sizes 100000,1000000] [--workdir DIR] [--rounds 3,1]
                                  [--code DIR ... --labels A,B] [--profile] [--no-write]
 
 1. Writes the generated items (tests/wlgen.py, 100 days, 20 stations: the same items
@@ -246,12 +246,16 @@ def main() -> None:
                         help="a checkout of the bridge to run (repeat to compare; default: "
                              "this one)")
     parser.add_argument("--labels", help="names of the --code folders, comma-separated")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", default="1",
+                        help="runs per checkout: one number, or one per size (3,1)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results.md")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    rounds = [int(r) for r in args.rounds.split(",")]
+    rounds_of = dict(zip(sizes, rounds * len(sizes) if len(rounds) == 1 else rounds,
+                         strict=True))
     codes = args.code or [ROOT]
     labels = dict(zip(codes, args.labels.split(",") if args.labels else
                       [c.name for c in codes], strict=True))
@@ -261,7 +265,7 @@ def main() -> None:
     for items in sizes:
         data = make_store(args.workdir, items)
         runs: dict[Path, list[dict]] = {c: [] for c in codes}
-        for _ in range(args.rounds):
+        for _ in range(rounds_of[items]):
             for code in codes:  # interleaved: A B A B ...
                 r = measure(code, data, items)
                 runs[code].append(r)
@@ -291,13 +295,18 @@ def main() -> None:
     print("\n".join(table))
     if args.no_write:
         return
-    body = (f"`python bench/bench_memory.py --sizes {args.sizes} --rounds {args.rounds}` on "
+    command = " ".join(["python bench/bench_memory.py", *sys.argv[1:]])
+    body = (f"`{command}` on "
             f"{when}. The bridge (`python -m bridge serve`, SCP on, sinks off) on a SQLite "
             "store holding the generated items (tests/wlgen.py, written through the Store "
             "API); start-up is process start to listening (the SCP's index is loaded before "
             "MLLP listens); RSS is read after start-up and after one selective and one broad "
             "C-FIND (one modality's month: 8 % of the items) through findscu; peak RSS is "
-            f"the kernel's high-water mark (VmHWM). Medians of {args.rounds} run(s).\n\n"
+            "the kernel's high-water mark (VmHWM). Medians of "
+            + ", ".join(f"{rounds_of[n]} run(s) at {n:,}" for n in sizes)
+            + (" items, the checkouts interleaved (A B A B ...): `before` is the branch point "
+               "of this work, `after` this checkout" if len(codes) > 1 else " items")
+            + ".\n\n"
             + "\n".join(table)
             + "".join(f"\n\nWhere the load goes (`--profile`, in-process): "
                       f"{profile_text(n, p)}." for n, p in profiles.items()))
