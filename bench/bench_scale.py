@@ -11,7 +11,8 @@ items). Also measured: the bridge's start-up time (process start to listening, t
 loaded) and its resident memory after the queries.
 
 Prints a table, draws bench/cfind_scale.png (latency against items, per server and query)
-and writes both to bench/results.md under "C-FIND at scale" and "Memory and start-up".
+and writes both to bench/results.md under "C-FIND at scale" (with the start-up and RSS;
+bench/bench_memory.py writes "Memory and start-up").
 """
 
 from __future__ import annotations
@@ -262,10 +263,9 @@ def main() -> None:
         "and all at once (wall time until all four have every answer):\n\n"
         + "\n".join(concurrent) + "\n\nThe bridge process's CPU per answer (user + system, "
         "from /proc, over the warm-up and timed runs of each query with 1,000 answers or "
-        "more):\n\n" + "\n".join(cpu)))
-    write_section(args.results, "Memory and start-up", (
-        f"The bridge with its SCP on, loading its index from the store at start-up ({when}); "
-        "start-up is process start to listening, RSS is read after the queries above.\n\n"
+        "more):\n\n" + "\n".join(cpu) + "\n\nThe bridge's start-up (process start to "
+        "listening, its index loaded) and RSS after the queries above; \"Memory and "
+        "start-up\" (bench/bench_memory.py) measures them at 100,000 and 1,000,000 items:\n\n"
         + "\n".join(memory) + "\n\n" + verdict))
 
 

@@ -33,16 +33,50 @@ class Entry:
     data: dict
 
 
-def compact(node):
+# Values that name one item or one patient: interning them would share nothing, and every
+# interned string stays in the interpreter's table (at 1,000,000 items, six of these per item
+# would add millions of entries to it, and their hashing half the time `compact` takes).
+_UNIQUE = frozenset({
+    "AccessionNumber", "PatientID", "PatientName", "OtherPatientIDs", "StudyInstanceUID",
+    "RequestedProcedureID", "ScheduledProcedureStepID", "AdmissionID",
+    "PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest"})
+
+
+def compact(node: dict) -> dict:
     """The same dataset with its keywords and short values interned: at 100,000 items the
     same few hundred strings (keywords, modalities, dates, stations, codes) would otherwise
-    be held 100,000 times over (measured: 303 MB of datasets become 138 MB)."""
-    if isinstance(node, dict):
-        return {sys.intern(k): compact(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [compact(v) for v in node]
-    if isinstance(node, str) and len(node) <= 16:
-        return sys.intern(node)
+    be held 100,000 times over (measured: 303 MB of datasets become 138 MB).
+
+    One loop per dataset, no call per value: at start-up this runs for every stored item."""
+    out = {}
+    for keyword, value in node.items():
+        kind = type(value)
+        if kind is str:
+            if len(value) <= 16 and keyword not in _UNIQUE:
+                value = sys.intern(value)
+        elif kind is list:  # a sequence: its items are datasets
+            value = [compact(v) if type(v) is dict else v for v in value]
+        elif kind is dict:
+            value = compact(value)
+        out[sys.intern(keyword)] = value
+    return out
+
+
+def compact_in_place(node: dict) -> dict:
+    """`compact` for a dataset no one else holds (the store's decoded rows at start-up):
+    its short values replaced by the interned equal strings, no copy made. Keywords stay
+    as decoded: the store decodes a page of items at once, sharing them already."""
+    for keyword, value in node.items():
+        kind = type(value)
+        if kind is str:
+            if len(value) <= 16 and keyword not in _UNIQUE:
+                node[keyword] = sys.intern(value)
+        elif kind is list:
+            for v in value:
+                if type(v) is dict:
+                    compact_in_place(v)
+        elif kind is dict:
+            compact_in_place(value)
     return node
 
 
@@ -63,7 +97,10 @@ class WorklistIndex:
         self.statuses = frozenset(statuses)
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
-        self._by: dict[str, dict[str, set[str]]] = {
+        # indexed value -> the item key holding it, or a set of them when several do: most
+        # accession numbers and study UIDs name one item, and a set of one costs 216 bytes
+        # (measured: 770 of the index's 1,890 bytes per item at 100,000 items).
+        self._by: dict[str, dict[str, str | set[str]]] = {
             name: {} for name in (*_TOP.values(), "station", "modality", "date")}
         # keyword -> sorted (value, item key) pairs; sorted on first use after a load
         # (insorting 100,000 items one by one would move the list 100,000 times).
@@ -77,10 +114,13 @@ class WorklistIndex:
         return len(self._entries)
 
     def load(self, items: Iterable[StoredItem]) -> None:
+        """Items read from the store for this call: their datasets become the index's own
+        (interned in place, not copied)."""
         with self._lock:
             self._unsorted = True
             for item in items:
-                self._put(item.item_key, item.status, item.dataset, item.version)
+                self._put(item.item_key, item.status, compact_in_place(item.dataset),
+                          item.version)
 
     def apply(self, writes: Sequence[ItemWrite]) -> None:
         """The Bridge's change listener: called after every commit, and with other
@@ -88,26 +128,23 @@ class WorklistIndex:
         one it holds is ignored."""
         with self._lock:
             for w in writes:
-                self._put(w.item_key, w.status, w.dataset, w.version)
+                # A copy: the writer's dataset may still change after its commit.
+                self._put(w.item_key, w.status, compact(w.dataset), w.version)
 
     def get(self, item_key: str) -> Entry | None:
         return self._entries.get(item_key)
 
     def _put(self, key: str, status: str, data: dict, version: int = 0) -> None:
+        """`data`: compacted, the index's own from now on."""
         if version:  # 0: a write whose version is not known, taken as the newest
             if version < self._versions.get(key, 0):
                 return
             self._versions[key] = version
-        data = compact(data)
         old = self._entries.pop(key, None)
         if old is not None:
             for name, values in _index_values(old.data).items():
                 for v in values:
-                    bucket = self._by[name].get(v)
-                    if bucket is not None:
-                        bucket.discard(key)
-                        if not bucket:
-                            del self._by[name][v]
+                    _discard(self._by[name], v, key)
             for name, values in _prefix_values(old.data).items():
                 self._sort()
                 pairs = self._sorted[name]
@@ -120,7 +157,7 @@ class WorklistIndex:
         self._entries[key] = Entry(key, status, data)
         for name, values in _index_values(data).items():
             for v in values:
-                self._by[name].setdefault(v, set()).add(key)
+                _add(self._by[name], v, key)
         for name, values in _prefix_values(data).items():
             pairs = self._sorted[name]
             for v in values:
@@ -158,10 +195,10 @@ class WorklistIndex:
         with self._lock:
             found: set[str] = set()
             if study_uid:
-                found = set(self._by["StudyInstanceUID"].get(study_uid, set()))
+                found = _keys(self._by["StudyInstanceUID"].get(study_uid))
             if not found and accession:
                 # Some modalities make up their own study UID: the accession still names it.
-                found = set(self._by["AccessionNumber"].get(accession, set()))
+                found = _keys(self._by["AccessionNumber"].get(accession))
             entries = [self._entries[k] for k in sorted(found)]
         out = []
         for e in entries:
@@ -194,7 +231,7 @@ class WorklistIndex:
         index = self._by[name]
         out: set[str] = set()
         for v in values:
-            out |= index.get(v.strip(), set())
+            _into(out, index.get(v.strip()))
         return out
 
     def _prefixed(self, name: str, prefixes: list[str]) -> set[str]:
@@ -209,13 +246,55 @@ class WorklistIndex:
     def _dates(self, query: str) -> set[str]:
         index = self._by["date"]
         if "-" not in query:
-            return set(index.get(query.replace(".", ""), set()))
+            return _keys(index.get(query.replace(".", "")))
         low, _, high = (p.replace(".", "") for p in query.partition("-"))
         out: set[str] = set()
         for date, keys in index.items():
             if (not low or low <= date) and (not high or date <= high):
-                out |= keys
+                _into(out, keys)
         return out
+
+
+def _add(index: dict[str, str | set[str]], value: str, key: str) -> None:
+    found = index.get(value)
+    if found is None:
+        index[value] = key
+    elif type(found) is str:
+        if found != key:
+            index[value] = {found, key}
+    else:
+        found.add(key)
+
+
+def _discard(index: dict[str, str | set[str]], value: str, key: str) -> None:
+    found = index.get(value)
+    if found is None:
+        return
+    if type(found) is str:
+        if found == key:
+            del index[value]
+        return
+    found.discard(key)
+    if len(found) == 1:
+        index[value] = next(iter(found))
+
+
+def _into(out: set[str], found: str | set[str] | None) -> None:
+    if found is None:
+        return
+    if type(found) is str:
+        out.add(found)
+    else:
+        out |= found
+
+
+def _keys(found: str | set[str] | None) -> set[str]:
+    """What the index holds for a value, as a new set the caller may change."""
+    if found is None:
+        return set()
+    if type(found) is str:
+        return {found}
+    return set(found)
 
 
 def _exact(key: Key) -> bool:
@@ -246,12 +325,19 @@ def _prefixes(key: Key) -> list[str]:
     return out
 
 
+def _split(value: str) -> list[str]:
+    """A value's parts (VM > 1: backslash-separated), stripped: what the indexes hold."""
+    if "\\" not in value:  # nearly every value: no list made by a comprehension
+        return [value.strip()]
+    return [v.strip() for v in value.split("\\")]
+
+
 def _prefix_values(data: dict) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for tag, name in _PREFIX.items():
         value = data.get(name)
         if isinstance(value, str) and value:
-            values = [v.strip() for v in value.split("\\")]
+            values = _split(value)
             out[name] = [v.casefold() for v in values] if tag == PATIENT_NAME else values
     return out
 
@@ -261,19 +347,19 @@ def _index_values(data: dict) -> dict[str, list[str]]:
     for name in _TOP.values():
         value = data.get(name)
         if isinstance(value, str) and value:
-            out[name] = [v.strip() for v in value.split("\\")]
+            out[name] = _split(value)
     stations: list[str] = []
     modalities: list[str] = []
     dates: list[str] = []
-    for step in data.get("ScheduledProcedureStepSequence") or []:
+    for step in data.get("ScheduledProcedureStepSequence") or ():
         if not isinstance(step, dict):
             continue
         ae = step.get("ScheduledStationAETitle")
         if isinstance(ae, str) and ae:
-            stations.extend(v.strip() for v in ae.split("\\"))
+            stations += _split(ae)
         modality = step.get("Modality")
         if isinstance(modality, str) and modality:
-            modalities.extend(v.strip() for v in modality.split("\\"))
+            modalities += _split(modality)
         date = step.get("ScheduledProcedureStepStartDate")
         if isinstance(date, str) and date:
             dates.append(date.strip().replace(".", ""))

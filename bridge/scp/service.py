@@ -35,10 +35,17 @@ class ScpService:
         # Page by page: a single list of every item would set the process's memory
         # high-water mark at start-up, and CPython seldom gives that back.
         after = ""
-        while page := await self.store.run(self.store.store.items_with_status,
-                                           self.index.statuses, after, 2000):
-            self.index.load(page)
-            after = page[-1].item_key
+        # The load makes millions of dicts and lists that all live on: the cyclic collector
+        # would scan them again and again as they pile up, for nothing to collect
+        # (measured: a third of the index build). Reference counting still frees the pages.
+        gc.disable()
+        try:
+            while page := await self.store.run(self.store.store.items_with_status,
+                                               self.index.statuses, after, 2000):
+                self.index.load(page)
+                after = page[-1].item_key
+        finally:
+            gc.enable()
         # pynetdicom's server runs gc.collect() every minute or so; with a large worklist in
         # memory a full collection stalls every association. The loaded items live as long
         # as the process: keep them out of the collector's scans.
