@@ -6,7 +6,7 @@
 1. Writes the generated items (tests/wlgen.py, 100 days, 20 stations: the same items
    bench_cfind and bench_scale serve) straight into a fresh SQLite store through the
    Store API, in batches, once per size, kept under `--workdir` (default
-   /work/bench-memory): ingesting 1,000,000 orders over MLLP would take hours; `import-wl`
+   $TMPDIR/bridge-bench-memory): ingesting 1,000,000 orders over MLLP would take hours; `import-wl`
    would first need 1,000,000 `.wl` files.
 2. Starts the real bridge (`python -m bridge serve`, SCP on, sinks off, as
    bench_cfind.servers does) on each store and measures start-up (process start to
@@ -30,6 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -241,7 +242,8 @@ def profile_text(items: int, p: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
-    parser.add_argument("--workdir", type=Path, default=Path("/work/bench-memory"))
+    parser.add_argument("--workdir", type=Path,
+                        default=Path(tempfile.gettempdir()) / "bridge-bench-memory")
     parser.add_argument("--code", type=Path, action="append",
                         help="a checkout of the bridge to run (repeat to compare; default: "
                              "this one)")

@@ -5,9 +5,10 @@
 Runs bench_translate (mapping speed), bench_ingest (MLLP ingest against a bare ACK server),
 bench_scale (C-FIND against wlmscpfs and Orthanc 1.10.1 at each of `--sizes`: selective,
 typical, broad, a modality's month, name and ID prefixes, four modalities at once, the
-bridge's CPU per answer, a chart; memory and start-up) and bench_cfind (the built-in SCP
-against wlmscpfs at the largest size through pynetdicom and findscu, and its CPU per answer
-in-process, with and without direct responses). The load average is recorded before and
+bridge's CPU per answer, a chart) and bench_cfind (the built-in SCP against wlmscpfs at the
+largest size through pynetdicom and findscu, and its CPU per answer in-process, with and
+without direct responses), then bench_memory (start-up time and memory at
+`--memory-sizes`, 100,000 and 1,000,000 items by default). The load average is recorded before and
 after: on a shared machine, quote the ratios of one run, not absolute times. `--quick`
 uses smaller sizes (a smoke test of the scripts, not figures to quote).
 """
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", default="1000,10000,100000",
                         help="worklist sizes for C-FIND; the largest also for bench_cfind")
+    parser.add_argument("--memory-sizes", default="100000,1000000",
+                        help="worklist sizes for start-up time and memory (bench_memory)")
     parser.add_argument("--workdir", type=Path,
                         help="generated .wl files and stores, shared by the C-FIND benches")
     args = parser.parse_args()
@@ -60,6 +63,8 @@ def main() -> None:
     largest = max(int(n) for n in sizes.split(","))
     run(["bench_scale.py", "--sizes", sizes, "--workdir", str(work)])
     run(["bench_cfind.py", "--items", str(largest), "--workdir", str(work / str(largest))])
+    run(["bench_memory.py", "--sizes", "2000,10000" if args.quick else args.memory_sizes,
+         "--workdir", str(work / "memory")])
     after = os.getloadavg()
     write_section(ROOT / "results.md", "This run", (
         f"`python bench/run_all.py --sizes {sizes}`, "

@@ -32,24 +32,7 @@ class ScpService:
 
     async def start(self) -> int:
         self._loop = asyncio.get_running_loop()
-        # Page by page: a single list of every item would set the process's memory
-        # high-water mark at start-up, and CPython seldom gives that back.
-        after = ""
-        # The load makes millions of dicts and lists that all live on: the cyclic collector
-        # would scan them again and again as they pile up, for nothing to collect
-        # (measured: a third of the index build). Reference counting still frees the pages.
-        gc.disable()
-        try:
-            while page := await self.store.run(self.store.store.items_with_status,
-                                               self.index.statuses, after, 2000):
-                self.index.load(page)
-                after = page[-1].item_key
-        finally:
-            gc.enable()
-        # pynetdicom's server runs gc.collect() every minute or so; with a large worklist in
-        # memory a full collection stalls every association. The loaded items live as long
-        # as the process: keep them out of the collector's scans.
-        gc.freeze()
+        await load_index(self.store, self.index)
         return self.scp.start()
 
     def stop(self) -> None:
@@ -84,3 +67,25 @@ class ScpService:
 
 # MPPS states that end the step, and the status they give its items (final: they stick).
 MPPS_STATUS = {"COMPLETED": Status.COMPLETED, "DISCONTINUED": Status.DISCONTINUED}
+
+
+async def load_index(store: AsyncStore, index: WorklistIndex) -> None:
+    """Fill `index` from the store at start-up (the SCP's, or the web app's own)."""
+    # Page by page: a single list of every item would set the process's memory high-water
+    # mark at start-up, and CPython seldom gives that back.
+    after = ""
+    # The load makes millions of dicts and lists that all live on: the cyclic collector
+    # would scan them again and again as they pile up, for nothing to collect (measured: a
+    # third of the index build). Reference counting still frees the pages.
+    gc.disable()
+    try:
+        while page := await store.run(store.store.items_with_status, index.statuses, after,
+                                      2000):
+            index.load(page)
+            after = page[-1].item_key
+    finally:
+        gc.enable()
+    # pynetdicom's server runs gc.collect() every minute or so; with a large worklist in
+    # memory a full collection stalls every association. The loaded items live as long as
+    # the process: keep them out of the collector's scans.
+    gc.freeze()

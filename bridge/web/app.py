@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from bridge.config import HttpConfig, ScpConfig
 from bridge.scp.index import WorklistIndex
 from bridge.scp.server import WorklistScp, all_visible_statuses
+from bridge.scp.service import load_index
 
 if TYPE_CHECKING:
     from bridge.app import Bridge
@@ -118,13 +119,7 @@ class HttpServer:
     async def start(self) -> int:
         """Serve; returns the port. Raises OSError when the address cannot be bound."""
         if self.app.state.own_index:  # DICOMweb without the SCP: load our index
-            store = self.bridge.store
-            index = self.app.state.scp.index
-            after = ""
-            while page := await store.run(store.store.items_with_status, index.statuses,
-                                          after, 2000):
-                index.load(page)
-                after = page[-1].item_key
+            await load_index(self.bridge.store, self.app.state.scp.index)
         tls = self.config.tls
         config = uvicorn.Config(
             self.app, host=self.config.host, port=self.config.port, lifespan="off",
