@@ -46,6 +46,12 @@ STEP: tuple[str | int, ...] = ("ScheduledProcedureStepSequence", 0)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+# An item's dataset as stored: compact (no spaces after separators: fewer bytes in the row,
+# the WAL and the page cache) and without the encoder's cycle check (a dataset is a tree
+# built by the mapping); issue 13 measured json.dumps among the store thread's costs.
+_dataset_json = json.JSONEncoder(ensure_ascii=False, check_circular=False,
+                                 separators=(",", ":")).encode
+
 
 class SchemaTooNew(RuntimeError):
     """The database was migrated by a newer bridge: this one does not know its schema."""
@@ -490,11 +496,20 @@ class Store:
         """The items of the order a message names: by any identifier the order was seen
         with, then by key (orders stored before identifiers were kept), then by an
         accession number that names one order only."""
-        for kind, value in lookup.identifiers:
-            row = self.db.execute("SELECT order_key FROM order_ids WHERE kind = ? AND "
-                                  "value = ?", (kind, value)).fetchone()
-            if row is not None and (items := self.items_of_order(row["order_key"])):
-                return items
+        if lookup.identifiers:
+            # All identifiers in one statement (one per identifier cost the store thread a
+            # statement each per message, issue 13), then tried in the message's order.
+            marks = " OR ".join(["(kind = ? AND value = ?)"] * len(lookup.identifiers))
+            found: dict[tuple[str, str], str] = {}
+            for r in self.db.execute(
+                    f"SELECT kind, value, order_key FROM order_ids WHERE {marks} "
+                    "ORDER BY order_key",
+                    [v for pair in lookup.identifiers for v in pair]):
+                found.setdefault((r["kind"], r["value"]), r["order_key"])
+            for kind, value in lookup.identifiers:
+                order_key = found.get((kind, value))
+                if order_key is not None and (items := self.items_of_order(order_key)):
+                    return items
         if items := self.items_of_order(lookup.key):
             return items
         if lookup.accessions:
@@ -653,7 +668,7 @@ class Store:
                 "final = COALESCE(?, items.final), version = items.version + 1 "
                 "RETURNING version",
                 (w.item_key, w.order_key, w.status, int(w.visible),
-                 json.dumps(w.dataset, ensure_ascii=False), str(w.dataset.get("PatientID", "")),
+                 _dataset_json(w.dataset), str(w.dataset.get("PatientID", "")),
                  _sps_start(w.dataset), now, journal_id, final, final)).fetchone()[0]
             for sink in self.sinks:
                 self.db.execute("INSERT INTO outbox (sink, item_key, created_at) VALUES (?, ?, ?)",
