@@ -77,12 +77,14 @@ class OutboxWorker:
     async def deliver_due(self) -> bool:
         """Deliver what is due now; True when there was something to do."""
         db = self.store.store
-        rows = await self.store.run(db.outbox_due, self.sink.name, 200)
+        # One read for the batch (its rows and their items) and one transaction for its
+        # "done" marks: the store's thread is shared with the listener, whose commits must
+        # not queue behind ours. A sink that decodes datasets in its own process (the
+        # folder's writer) gets them as the stored JSON text.
+        rows, items = await self.store.run(db.outbox_batch, self.sink.name, 200,
+                                           not getattr(self.sink, "takes_json", False))
         if not rows:
             return False
-        # One read for the batch and one transaction for its "done" marks: the store's
-        # thread is shared with the listener, whose commits must not queue behind ours.
-        items = await self.store.run(db.items_by_keys, [r.item_key for r in rows])
         done: list[tuple[str, int]] = []
         # A sink that takes several items at once (the folder's writer process) gets the
         # batch's puts in one call; when it fails they are tried one by one below, so each

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import queue
@@ -148,6 +149,16 @@ class StoredItem:
     updated_at: float
     final: bool = False  # the status sticks (lifecycle.py)
     version: int = 0  # counts the item's writes (see ItemWrite.version)
+    # The dataset as the store holds it (JSON text), read without decoding for a sink that
+    # decodes it in its own process (`dataset` is then empty): see outbox_batch.
+    dataset_json: str | None = None
+
+    def decoded(self) -> StoredItem:
+        """This item with its dataset decoded (itself when it was read decoded)."""
+        if self.dataset_json is None:
+            return self
+        return dataclasses.replace(self, dataset=json.loads(self.dataset_json),
+                                   dataset_json=None)
 
 
 @dataclass
@@ -301,6 +312,12 @@ def _item(row: sqlite3.Row) -> StoredItem:
     return StoredItem(row["item_key"], row["order_key"], row["status"], bool(row["visible"]),
                       json.loads(row["dataset"]), row["patient_id"], row["updated_at"],
                       bool(row["final"]), row["version"])
+
+
+def _item_json(row: sqlite3.Row) -> StoredItem:
+    return StoredItem(row["item_key"], row["order_key"], row["status"], bool(row["visible"]),
+                      {}, row["patient_id"], row["updated_at"], bool(row["final"]),
+                      row["version"], row["dataset"])
 
 
 class Store:
@@ -969,15 +986,27 @@ class Store:
                 "AND item_key = ? AND id <= ? AND state = 'pending'",
                 [(sink, key, row_id) for key, row_id in done])
 
-    def items_by_keys(self, keys: list[str]) -> dict[str, StoredItem]:
+    def items_by_keys(self, keys: list[str], decode: bool = True) -> dict[str, StoredItem]:
+        """The items of `keys` that exist. With decode=False their datasets stay JSON text
+        (StoredItem.dataset_json; .decoded() gives the dataset)."""
         found: dict[str, StoredItem] = {}
         for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
             chunk = keys[start:start + 500]
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(f"SELECT * FROM items WHERE item_key IN ({marks})",
                                        chunk):
-                found[row["item_key"]] = _item(row)
+                found[row["item_key"]] = _item(row) if decode else _item_json(row)
         return found
+
+    def outbox_batch(self, sink: str, limit: int = 100, decode: bool = True
+                     ) -> tuple[list[OutboxRow], dict[str, StoredItem]]:
+        """outbox_due and the items of its rows in one call: one hand-off to the store's
+        thread per batch instead of two (the thread is shared with the listener's commits).
+        decode=False for a sink that decodes the datasets in its own process (the folder's
+        writer): the bridge's process then neither decodes them nor pickles the dicts."""
+        rows = self.outbox_due(sink, limit)
+        items = self.items_by_keys([r.item_key for r in rows], decode) if rows else {}
+        return rows, items
 
     def outbox_done(self, sink: str, item_key: str, up_to_id: int) -> None:
         self.db.execute("UPDATE outbox SET state = 'done', last_error = NULL WHERE sink = ? "
