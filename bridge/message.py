@@ -24,6 +24,12 @@ class Separators:
     escape: str = "\\"
     subcomponent: str = "&"
 
+    @cached_property
+    def characters(self) -> str:
+        """All five, for a search of any of them (keys.py); worked out once."""
+        return self.field + self.component + self.repetition + self.escape + \
+            self.subcomponent
+
 
 class Segment:
     """One segment: ``seg[n]`` is field n as raw text ("" when absent), HL7 numbering.

@@ -25,7 +25,6 @@ MAX_LENGTH = {
 }
 # VRs limited to printable ASCII (the default character repertoire, no control characters).
 ASCII_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
-_PRINTABLE_ASCII = re.compile(r"^[ -~]*$")
 # VRs whose values may not contain CR/LF (anything but the text VRs).
 MULTILINE_VRS = {"LT", "ST", "UT"}
 # The DICOM value separator: a rule reading every repetition (`[*]`) joins them with it.
@@ -105,8 +104,11 @@ class Scope:
         must not change the list."""
         values = self._present.get(path.text)
         if values is None:
-            values = [r for r in read_found(self._found.get(path.segment, []), path, self.seps)
-                      if r.strip()]
+            found = self._found.get(path.segment)
+            if found is None:
+                values = []  # no such segment: most optional sources of most messages
+            else:
+                values = [r for r in read_found(found, path, self.seps) if r.strip()]
             self._present[path.text] = values
         return values
 
@@ -342,7 +344,8 @@ class Rule:
             return value  # nothing to fit (most optional attributes of most messages)
         if self.vr not in MULTILINE_VRS and ("\r" in value or "\n" in value):
             value = " ".join(value.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
-        if self.vr in ASCII_VRS and not _PRINTABLE_ASCII.match(value):
+        # Printable ASCII (" " to "~"): str methods, cheaper than a regular expression.
+        if self.vr in ASCII_VRS and not (value.isascii() and value.isprintable()):
             # These VRs take the default repertoire only: pydicom cannot write anything else,
             # and the item would never reach a sink although the sender got AA.
             fitted = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
@@ -366,8 +369,8 @@ class Rule:
                         f"truncated from {len(group)} to 64 characters (PN)", "truncated"))
                     groups[i] = group[:64].rstrip("^ ")
             return "=".join(groups)
-        if limit is None:
-            return value
+        if limit is None or len(value) <= limit:
+            return value  # no part can be too long (most values)
         parts = value.split(MULTI_VALUE) if self.vr not in MULTILINE_VRS else [value]
         for i, part in enumerate(parts):
             if len(part) > limit:
