@@ -108,7 +108,8 @@ class Scope:
             if found is None:
                 values = []  # no such segment: most optional sources of most messages
             else:
-                values = [r for r in read_found(found, path, self.seps) if r.strip()]
+                # filter(str.strip): the blank ones out, without a Python frame per path.
+                values = list(filter(str.strip, read_found(found, path, self.seps)))
             self._present[path.text] = values
         return values
 
@@ -220,12 +221,22 @@ class Rule:
         name = self.transform or "text"
         steps.append(name)
         transform = TRANSFORMS[name]
+        seps = scope.seps
+        # Scope.present's cache read here: a rule's sources are mostly read already (the
+        # date, time and zone rules share theirs), and a call per source adds up.
+        cached = scope._present.get
         for path in self.sources:
-            raws = scope.present(path)
+            raws = cached(path.text)
+            if raws is None:
+                raws = scope.present(path)
             if not raws:
                 continue
             if not path.every:
-                value = str(transform(raws[0], scope.seps)).strip()
+                raw = raws[0]
+                if name == "text" and seps.escape not in raw:
+                    value = raw.strip()  # to_text has nothing to unescape
+                else:
+                    value = str(transform(raw, seps)).strip()
                 if self.replace or self.value_map is not None:
                     value = self._post(value, steps)
                 if value:
@@ -268,17 +279,15 @@ class Rule:
         source = "value"
         inputs = ""
         if self.value is not None:
-            values = [self.value]
+            values = [self._post(self.value.strip(), steps)]
         elif self.template is not None:
             source = "template"
-            values = ["".join(p if isinstance(p, str) else scope.first(p)
-                              for p in self.template).strip()]
+            value = "".join(p if isinstance(p, str) else scope.first(p)
+                            for p in self.template).strip()
+            values = [self._no_delimiter(self._post(value.strip(), steps), "template", scope,
+                                         warnings)]
         else:
             values, source = self._from_sources(scope, steps, warnings)
-        if self.value is not None or self.template is not None:
-            values = [self._post(v.strip(), steps) for v in values]
-        if self.template is not None:
-            values = [self._no_delimiter(v, "template", scope, warnings) for v in values]
         # Several values: DICOM values of a multi-valued attribute, or lines of a text.
         if len(values) == 1:
             result = values[0]
