@@ -344,6 +344,11 @@ class Path:
         return tuple(p for p in (self.component, self.subcomponent) if p is not None)
 
     @cached_property
+    def plain(self) -> bool:
+        """No selector (PID-3.1, OBR-4): the first repetition of the first segment."""
+        return self.segment_sel is None and self.repetition_sel is None
+
+    @cached_property
     def whole_field(self) -> bool:
         """MSH-1 and MSH-2 hold separator characters, not data: never split."""
         return self.segment == "MSH" and self.field in (1, 2)
@@ -388,26 +393,30 @@ def read_raw(segments: list[Segment], path: Path, seps: Separators) -> list[str]
     return read_found(named(segments, path.segment), path, seps)
 
 
+def read_first(found: list[Segment], path: Path, seps: Separators) -> str:
+    """The value of a `plain` path in the first of `found` (not empty).
+
+    The same as `read_found` without the selector steps: mapping reads dozens of these
+    per message."""
+    # found[0][path.field] without the method call (path.field is at least 1).
+    fields = found[0]._fields
+    value = fields[path.field] if path.field < len(fields) else ""
+    if path.whole_field:
+        return _element(value, path.parts, seps)
+    value = value.split(seps.repetition, 1)[0]
+    if path.component is not None:
+        parts = value.split(seps.component)
+        value = parts[path.component - 1] if path.component <= len(parts) else ""
+        if path.subcomponent is not None:
+            parts = value.split(seps.subcomponent)
+            value = parts[path.subcomponent - 1] if path.subcomponent <= len(parts) else ""
+    return value
+
+
 def read_found(found: list[Segment], path: Path, seps: Separators) -> list[str]:
     """`read_raw` among `found`, the occurrences of the path's segment in one level."""
-    if path.segment_sel is None and path.repetition_sel is None:
-        # Most paths (PID-3.1, OBR-4): the first repetition of the first segment. The same
-        # as below, without the selector steps; mapping reads dozens of these per message.
-        if not found:
-            return []
-        # found[0][path.field] without the method call (path.field is at least 1).
-        fields = found[0]._fields
-        value = fields[path.field] if path.field < len(fields) else ""
-        if path.whole_field:
-            return [_element(value, path.parts, seps)]
-        value = value.split(seps.repetition, 1)[0]
-        if path.component is not None:
-            parts = value.split(seps.component)
-            value = parts[path.component - 1] if path.component <= len(parts) else ""
-            if path.subcomponent is not None:
-                parts = value.split(seps.subcomponent)
-                value = parts[path.subcomponent - 1] if path.subcomponent <= len(parts) else ""
-        return [value]
+    if path.plain:
+        return [read_first(found, path, seps)] if found else []
     values = []
     for seg in _select(found, path, seps):
         field = seg[path.field]

@@ -15,7 +15,15 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from bridge.mapping.transforms import TRANSFORMS, derived_uid, new_uid
-from bridge.message import Path, Segment, SegmentList, Separators, read_found, unescape
+from bridge.message import (
+    Path,
+    Segment,
+    SegmentList,
+    Separators,
+    read_first,
+    read_found,
+    unescape,
+)
 
 # DICOM maximum value lengths, in characters, of the string VRs (PS3.5 table 6.2-1).
 MAX_LENGTH = {
@@ -105,8 +113,11 @@ class Scope:
         values = self._present.get(path.text)
         if values is None:
             found = self._found.get(path.segment)
-            if found is None:
+            if not found:
                 values = []  # no such segment: most optional sources of most messages
+            elif path.plain:
+                value = read_first(found, path, self.seps)
+                values = [value] if value.strip() else []
             else:
                 # filter(str.strip): the blank ones out, without a Python frame per path.
                 values = list(filter(str.strip, read_found(found, path, self.seps)))
@@ -293,9 +304,10 @@ class Rule:
             result = values[0]
         else:
             result = ("\r\n" if self.vr in MULTILINE_VRS else MULTI_VALUE).join(values)
-        if not result:
+        if not result and (self.uid_from or self.uid_generate or self.default is not None):
             result, source, inputs = self._fallback(scope, source)
-        result = self._fit(result, warnings)
+        if result:  # an empty value has nothing to fit (most optional attributes)
+            result = self._fit(result, warnings)
         if self.required and not result:
             raise MappingFieldError(
                 f"{self.keyword} is required but {self._sources_text()}",
