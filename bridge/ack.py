@@ -117,7 +117,9 @@ def build_ack(code: str, ack_id: str, msg: Message | None = None,
                   ack_id, msh[11] or "P", msh[12] or "2.5"]
         if msh[18]:
             fields += ["", "", "", "", "", msh[18]]
-        fields = fields[:2] + [_echo(f, seps) for f in fields[2:]]
+        # Most echoed fields are plain (printable, no field separator): kept without a call.
+        fields = fields[:2] + [f if f.isprintable() and seps.field not in f else _echo(f, seps)
+                               for f in fields[2:]]
         control_id = msh[10]
     else:
         seps = Separators()

@@ -9,7 +9,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from bridge import logthrottle
+
 log = logging.getLogger(__name__)
+# A sender that mislabels its UTF-8 does so in every message: the warning passes once per
+# interval and declared charset, then is counted ("[N more like this ...]", flushed by the
+# listener), not written once per message.
+logthrottle.install(log)
 
 BOM = b"\xef\xbb\xbf"
 
@@ -89,6 +95,10 @@ def _msh18(raw: bytes) -> str:
 
 
 _DEFAULT_ENCODING = b"^~\\&"
+# MSH-1 + MSH-2 values already found usable: a sender uses one set for every message, and
+# the checks cost more than the rest of decoding. Bounded, as MSH-2 is the sender's to vary.
+_USABLE_SEPARATORS: set[bytes] = set()
+_USABLE_MAX = 64
 
 
 def _check_separators(raw: bytes) -> None:
@@ -99,6 +109,8 @@ def _check_separators(raw: bytes) -> None:
     ends = [i for i in (raw.find(field, 4), raw.find(b"\r", 4), raw.find(b"\n", 4)) if i != -1]
     encoding = raw[4:min(ends, default=len(raw))]
     chars = field + encoding
+    if chars in _USABLE_SEPARATORS:
+        return
     if not 1 <= len(encoding) <= 5 or len(set(chars)) != len(chars) or not all(
             0x21 <= c <= 0x7E and not chr(c).isalnum() for c in chars):
         shown = chars[:6].decode("latin-1")
@@ -111,6 +123,8 @@ def _check_separators(raw: bytes) -> None:
         shown = chars.decode("latin-1")
         raise DecodeError(f"MSH-1/MSH-2 (separators {shown!r}) leave out separators whose "
                           f"defaults ({_DEFAULT_ENCODING.decode()!r}) they use otherwise")
+    if len(_USABLE_SEPARATORS) < _USABLE_MAX:
+        _USABLE_SEPARATORS.add(chars)
 
 
 def peek_control_id(raw: bytes) -> str:
@@ -172,7 +186,8 @@ def decode(
     sniffed = False
     if charset.codec != "utf-8" and detect_utf8 and _is_utf8_with_non_ascii(raw):
         log.warning("MSH-18 says %r but the bytes are UTF-8: decoding as UTF-8",
-                    declared or default_charset)
+                    declared or default_charset,
+                    extra={logthrottle.THROTTLE_KEY: declared or default_charset})
         charset, sniffed = UTF8, True
     text = raw.decode(charset.codec, errors="replace")
     # CR is the HL7 separator; LF and CRLF are common in files and some feeds.

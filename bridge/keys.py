@@ -11,12 +11,16 @@ change.
 
 from __future__ import annotations
 
+import re
+
 from bridge.mapping.rules import Rule, Scope
 from bridge.message import Message, Separators, unescape
 
 
 def escape(value: str, chars: str = "\\|") -> str:
     """One value as a key part: the backslash and `chars` get a backslash in front."""
+    if "\\" not in value and not any(char in value for char in chars):
+        return value  # most values: nothing to escape
     value = value.replace("\\", "\\\\")
     for char in chars.replace("\\", ""):
         value = value.replace(char, "\\" + char)
@@ -32,16 +36,34 @@ def field_key(raw: str, seps: Separators) -> str:
     """A raw (escaped) HL7 field as key text: its first repetition, every component and
     subcomponent unescaped then escaped for the key. Trailing empty components say nothing
     in HL7 and are dropped; so is surrounding white space."""
-    if not any(c in raw for c in (seps.repetition, seps.component, seps.subcomponent,
-                                  seps.escape, "\\", "|", "^", "&")):
+    special = _special(seps)
+    if special.search(raw) is None:
         # One plain value (most identifiers): nothing to split, unescape or escape.
         return raw.strip()
     components = []
     for comp in raw.split(seps.repetition, 1)[0].split(seps.component):
+        if special.search(comp) is None:
+            # A plain component (both parts of `B1^RIS`): the common case, as a whole.
+            components.append(comp.strip())
+            continue
         subs = [escape(unescape(sub, seps).strip(), "\\|^&")
                 for sub in comp.split(seps.subcomponent)]
         components.append("&".join(_trimmed(subs)))
     return "^".join(_trimmed(components))
+
+
+_SPECIAL: dict[str, re.Pattern[str]] = {}
+
+
+def _special(seps: Separators) -> re.Pattern[str]:
+    """Finds what makes a raw value more than one plain part: the message's separators and
+    escape character, and the key's own (``\\ | ^ &``). One pattern per set of separators
+    (a few per site), built once: a search is cheaper than a test per character."""
+    special = _SPECIAL.get(seps.characters)
+    if special is None:
+        chars = "".join(dict.fromkeys(seps.characters + "\\|^&"))
+        special = _SPECIAL[seps.characters] = re.compile(f"[{re.escape(chars)}]")
+    return special
 
 
 def _trimmed(parts: list[str]) -> list[str]:

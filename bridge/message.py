@@ -24,6 +24,12 @@ class Separators:
     escape: str = "\\"
     subcomponent: str = "&"
 
+    @cached_property
+    def characters(self) -> str:
+        """All five, for a search of any of them (keys.py); worked out once."""
+        return self.field + self.component + self.repetition + self.escape + \
+            self.subcomponent
+
 
 class Segment:
     """One segment: ``seg[n]`` is field n as raw text ("" when absent), HL7 numbering.
@@ -57,11 +63,15 @@ class SegmentList(list[Segment]):
     """Segments with an index by name, so that finding "the OBR" costs no scan of a message
     with thousands of groups. Built once; not to be modified afterwards."""
 
-    def __init__(self, segments: list[Segment]):
+    def __init__(self, segments: list[Segment],
+                 by_name: dict[str, list[Segment]] | None = None):
+        """`by_name`: the index, when the caller built it along with the list (Message)."""
         super().__init__(segments)
-        self.by_name: dict[str, list[Segment]] = {}
-        for seg in segments:
-            self.by_name.setdefault(seg.name, []).append(seg)
+        if by_name is None:
+            by_name = {}
+            for seg in segments:
+                by_name.setdefault(seg.name, []).append(seg)
+        self.by_name = by_name
 
 
 def named(segments: list[Segment], name: str) -> list[Segment]:
@@ -80,10 +90,25 @@ def has_segment(segments: list[Segment], name: str) -> bool:
 DEFAULT_SEPARATORS = Separators()
 
 
+# (MSH-1, MSH-2) -> its Separators: one object per set a sender uses, made once (and with
+# it what is worked out per set, such as `characters`). Bounded: MSH-2 is the sender's.
+_DECLARED: dict[tuple[str, str], Separators] = {}
+_DECLARED_MAX = 64
+
+
 def declared_separators(field: str, msh2: str) -> Separators:
     """The separators MSH-1 and MSH-2 declare; HL7's defaults for those MSH-2 leaves out
     (``MSH|^|`` declares only the component separator). A fifth MSH-2 character (v2.7
     truncation) is not a separator we split on."""
+    seps = _DECLARED.get((field, msh2))
+    if seps is None:
+        seps = _declared_separators(field, msh2)
+        if len(_DECLARED) < _DECLARED_MAX:
+            _DECLARED[(field, msh2)] = seps
+    return seps
+
+
+def _declared_separators(field: str, msh2: str) -> Separators:
     d = DEFAULT_SEPARATORS
     return Separators(field=field, component=msh2[0:1] or d.component,
                       repetition=msh2[1:2] or d.repetition, escape=msh2[2:3] or d.escape,
@@ -106,15 +131,20 @@ class Message:
         msh2 = text[4:].split("\r", 1)[0].split(field, 1)[0]
         self.seps = declared_separators(field, msh2)
         segments: list[Segment] = []
-        counts: dict[str, int] = {}
+        by_name: dict[str, list[Segment]] = {}  # the SegmentList's index, built here
+        seps = self.seps
         for line in text.split("\r"):
             line = line.lstrip(_INDENT)
             if not line.strip():
                 continue
-            seg = Segment(line, self.seps, position=len(segments))
-            seg.sequence = counts[seg.name] = counts.get(seg.name, 0) + 1
+            seg = Segment(line, seps, position=len(segments))
+            same = by_name.get(seg.name)
+            if same is None:
+                same = by_name[seg.name] = []
+            same.append(seg)
+            seg.sequence = len(same)
             segments.append(seg)
-        self.segments = SegmentList(segments)
+        self.segments = SegmentList(segments, by_name)
         # MSH values asked for by every stage (keys, profile selection, mapping, ACK): read
         # once. The segments are never changed after this point.
         self._headers: dict[tuple[int, int], str] = {}
@@ -314,6 +344,11 @@ class Path:
         return tuple(p for p in (self.component, self.subcomponent) if p is not None)
 
     @cached_property
+    def plain(self) -> bool:
+        """No selector (PID-3.1, OBR-4): the first repetition of the first segment."""
+        return self.segment_sel is None and self.repetition_sel is None
+
+    @cached_property
     def whole_field(self) -> bool:
         """MSH-1 and MSH-2 hold separator characters, not data: never split."""
         return self.segment == "MSH" and self.field in (1, 2)
@@ -358,24 +393,30 @@ def read_raw(segments: list[Segment], path: Path, seps: Separators) -> list[str]
     return read_found(named(segments, path.segment), path, seps)
 
 
+def read_first(found: list[Segment], path: Path, seps: Separators) -> str:
+    """The value of a `plain` path in the first of `found` (not empty).
+
+    The same as `read_found` without the selector steps: mapping reads dozens of these
+    per message."""
+    # found[0][path.field] without the method call (path.field is at least 1).
+    fields = found[0]._fields
+    value = fields[path.field] if path.field < len(fields) else ""
+    if path.whole_field:
+        return _element(value, path.parts, seps)
+    value = value.split(seps.repetition, 1)[0]
+    if path.component is not None:
+        parts = value.split(seps.component)
+        value = parts[path.component - 1] if path.component <= len(parts) else ""
+        if path.subcomponent is not None:
+            parts = value.split(seps.subcomponent)
+            value = parts[path.subcomponent - 1] if path.subcomponent <= len(parts) else ""
+    return value
+
+
 def read_found(found: list[Segment], path: Path, seps: Separators) -> list[str]:
     """`read_raw` among `found`, the occurrences of the path's segment in one level."""
-    if path.segment_sel is None and path.repetition_sel is None:
-        # Most paths (PID-3.1, OBR-4): the first repetition of the first segment. The same
-        # as below, without the selector steps; mapping reads dozens of these per message.
-        if not found:
-            return []
-        value = found[0][path.field]
-        if path.whole_field:
-            return [_element(value, path.parts, seps)]
-        value = value.split(seps.repetition, 1)[0]
-        if path.component is not None:
-            parts = value.split(seps.component)
-            value = parts[path.component - 1] if path.component <= len(parts) else ""
-            if path.subcomponent is not None:
-                parts = value.split(seps.subcomponent)
-                value = parts[path.subcomponent - 1] if path.subcomponent <= len(parts) else ""
-        return [value]
+    if path.plain:
+        return [read_first(found, path, seps)] if found else []
     values = []
     for seg in _select(found, path, seps):
         field = seg[path.field]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
+from bridge import logthrottle
 from bridge.decoding import DecodeError, UnknownCharset, decode, lookup_charset, peek_control_id
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "hl7"
@@ -40,6 +42,22 @@ def test_utf8_bytes_under_a_latin1_label_are_read_as_utf8() -> None:
     # ...unless the site turns detection off: then the label wins (mojibake, as sent).
     d = decode(msh("8859/1").encode("utf-8"), detect_utf8=False)
     assert "MÃ¼ller" in d.text
+
+
+def test_the_mislabelled_utf8_warning_is_logged_once_then_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A sender mislabels every message: one line per interval and label, not one per message.
+    logthrottle.flush_all(all_windows=True)  # no window left open by another test
+    caplog.set_level(logging.WARNING, logger="bridge.decoding")
+    for _ in range(3):
+        assert decode(msh("8859/1").encode("utf-8")).sniffed_utf8
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.decoding"]
+    assert lines == ["MSH-18 says '8859/1' but the bytes are UTF-8: decoding as UTF-8"]
+    caplog.clear()
+    logthrottle.flush_all(all_windows=True)  # what the listener does once an interval
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.decoding"]
+    assert len(lines) == 1 and "[2 more like this" in lines[0]
+    assert "Müller" not in lines[0]  # the count line quotes no patient data either
 
 
 def test_a_per_sender_override_replaces_msh18() -> None:

@@ -121,8 +121,11 @@ def apply_profile(profile: Profile, msg: Message, *, trace: bool | Literal["warn
         error = None
         for level in item_levels:
             t = Trace(warnings_only=trace == "warnings") if trace else None
-            scope = Scope([level, group, header, msg.segments], msg.seps, facts,
-                          profile.uid_root, profile.backslash)
+            # Without an item segment the item's scope is the group's: reuse it and the
+            # values the order key already read (ORC-2, OBR-2 ...), not a second index.
+            scope = group_scope if not level else Scope(
+                [level, group, header, msg.segments], msg.seps, facts, profile.uid_root,
+                profile.backslash)
             try:
                 items.append(evaluate_rules(profile.attributes, scope, t))
             except MappingFieldError as exc:

@@ -59,15 +59,25 @@ class Match:
         profile naming MSH-3 beats the baseline that names only the message type. Values
         are compared trimmed: real senders pad MSH-3 with spaces.
         """
+        # Written out rather than looped over pairs: every message is scored against every
+        # profile, and most profiles fail at the message type.
         score = 0
-        for wanted, actual in ((self.message_types, message_type),
-                               (self.sending_applications, application),
-                               (self.sending_facilities, facility),
-                               (self.versions, version)):
-            if wanted:
-                if actual.strip() not in wanted:
-                    return -1
-                score += 1
+        if self.message_types:
+            if message_type.strip() not in self.message_types:
+                return -1
+            score += 1
+        if self.sending_applications:
+            if application.strip() not in self.sending_applications:
+                return -1
+            score += 1
+        if self.sending_facilities:
+            if facility.strip() not in self.sending_facilities:
+                return -1
+            score += 1
+        if self.versions:
+            if version.strip() not in self.versions:
+                return -1
+            score += 1
         return score
 
 

@@ -15,7 +15,15 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from bridge.mapping.transforms import TRANSFORMS, derived_uid, new_uid
-from bridge.message import Path, Segment, SegmentList, Separators, read_found, unescape
+from bridge.message import (
+    Path,
+    Segment,
+    SegmentList,
+    Separators,
+    read_first,
+    read_found,
+    unescape,
+)
 
 # DICOM maximum value lengths, in characters, of the string VRs (PS3.5 table 6.2-1).
 MAX_LENGTH = {
@@ -25,7 +33,6 @@ MAX_LENGTH = {
 }
 # VRs limited to printable ASCII (the default character repertoire, no control characters).
 ASCII_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"}
-_PRINTABLE_ASCII = re.compile(r"^[ -~]*$")
 # VRs whose values may not contain CR/LF (anything but the text VRs).
 MULTILINE_VRS = {"LT", "ST", "UT"}
 # The DICOM value separator: a rule reading every repetition (`[*]`) joins them with it.
@@ -105,8 +112,15 @@ class Scope:
         must not change the list."""
         values = self._present.get(path.text)
         if values is None:
-            values = [r for r in read_found(self._found.get(path.segment, []), path, self.seps)
-                      if r.strip()]
+            found = self._found.get(path.segment)
+            if not found:
+                values = []  # no such segment: most optional sources of most messages
+            elif path.plain:
+                value = read_first(found, path, self.seps)
+                values = [value] if value.strip() else []
+            else:
+                # filter(str.strip): the blank ones out, without a Python frame per path.
+                values = list(filter(str.strip, read_found(found, path, self.seps)))
             self._present[path.text] = values
         return values
 
@@ -218,12 +232,22 @@ class Rule:
         name = self.transform or "text"
         steps.append(name)
         transform = TRANSFORMS[name]
+        seps = scope.seps
+        # Scope.present's cache read here: a rule's sources are mostly read already (the
+        # date, time and zone rules share theirs), and a call per source adds up.
+        cached = scope._present.get
         for path in self.sources:
-            raws = scope.present(path)
+            raws = cached(path.text)
+            if raws is None:
+                raws = scope.present(path)
             if not raws:
                 continue
             if not path.every:
-                value = str(transform(raws[0], scope.seps)).strip()
+                raw = raws[0]
+                if name == "text" and seps.escape not in raw:
+                    value = raw.strip()  # to_text has nothing to unescape
+                else:
+                    value = str(transform(raw, seps)).strip()
                 if self.replace or self.value_map is not None:
                     value = self._post(value, steps)
                 if value:
@@ -266,25 +290,24 @@ class Rule:
         source = "value"
         inputs = ""
         if self.value is not None:
-            values = [self.value]
+            values = [self._post(self.value.strip(), steps)]
         elif self.template is not None:
             source = "template"
-            values = ["".join(p if isinstance(p, str) else scope.first(p)
-                              for p in self.template).strip()]
+            value = "".join(p if isinstance(p, str) else scope.first(p)
+                            for p in self.template).strip()
+            values = [self._no_delimiter(self._post(value.strip(), steps), "template", scope,
+                                         warnings)]
         else:
             values, source = self._from_sources(scope, steps, warnings)
-        if self.value is not None or self.template is not None:
-            values = [self._post(v.strip(), steps) for v in values]
-        if self.template is not None:
-            values = [self._no_delimiter(v, "template", scope, warnings) for v in values]
         # Several values: DICOM values of a multi-valued attribute, or lines of a text.
         if len(values) == 1:
             result = values[0]
         else:
             result = ("\r\n" if self.vr in MULTILINE_VRS else MULTI_VALUE).join(values)
-        if not result:
+        if not result and (self.uid_from or self.uid_generate or self.default is not None):
             result, source, inputs = self._fallback(scope, source)
-        result = self._fit(result, warnings)
+        if result:  # an empty value has nothing to fit (most optional attributes)
+            result = self._fit(result, warnings)
         if self.required and not result:
             raise MappingFieldError(
                 f"{self.keyword} is required but {self._sources_text()}",
@@ -342,7 +365,8 @@ class Rule:
             return value  # nothing to fit (most optional attributes of most messages)
         if self.vr not in MULTILINE_VRS and ("\r" in value or "\n" in value):
             value = " ".join(value.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
-        if self.vr in ASCII_VRS and not _PRINTABLE_ASCII.match(value):
+        # Printable ASCII (" " to "~"): str methods, cheaper than a regular expression.
+        if self.vr in ASCII_VRS and not (value.isascii() and value.isprintable()):
             # These VRs take the default repertoire only: pydicom cannot write anything else,
             # and the item would never reach a sink although the sender got AA.
             fitted = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
@@ -366,8 +390,8 @@ class Rule:
                         f"truncated from {len(group)} to 64 characters (PN)", "truncated"))
                     groups[i] = group[:64].rstrip("^ ")
             return "=".join(groups)
-        if limit is None:
-            return value
+        if limit is None or len(value) <= limit:
+            return value  # no part can be too long (most values)
         parts = value.split(MULTI_VALUE) if self.vr not in MULTILINE_VRS else [value]
         for i, part in enumerate(parts):
             if len(part) > limit:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Callable
@@ -14,32 +15,50 @@ Transform = Callable[[str, Separators], "str | dict[str, str]"]
 _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?$")
 
 
-def _timestamp(raw: str, seps: Separators) -> re.Match[str] | None:
+# (year, month, day, hour, minute, second, fraction, zone) of a TS; None where absent.
+_TSParts = tuple[str | None, ...]
+
+
+def _timestamp(raw: str, seps: Separators) -> _TSParts | None:
+    if len(raw) > 64:
+        # Not a plain TS: parsed each time rather than kept (a hostile field can be huge).
+        return _parse_timestamp.__wrapped__(raw, seps.repetition, seps.component,
+                                            seps.subcomponent)
+    return _parse_timestamp(raw, seps.repetition, seps.component, seps.subcomponent)
+
+
+# The scheduled date, time and time zone rules read the same field of each message: parsed
+# once for the three (the key is the raw value and the separators; a few hundred distinct
+# timestamps in flight at most).
+@functools.lru_cache(maxsize=1024)
+def _parse_timestamp(raw: str, repetition: str, component: str,
+                     subcomponent: str) -> _TSParts | None:
     # A TS is the first component (DTM, then precision); a TQ-embedded TS may carry
     # subcomponents. Some senders write 12:30:05 or a space before the zone.
-    ts = raw.split(seps.repetition, 1)[0].split(seps.component, 1)[0]
-    ts = ts.split(seps.subcomponent, 1)[0].replace(":", "").replace(" ", "").strip()
-    return _TS.match(ts)
+    ts = raw.split(repetition, 1)[0].split(component, 1)[0]
+    ts = ts.split(subcomponent, 1)[0].replace(":", "").replace(" ", "").strip()
+    m = _TS.match(ts)
+    return m.groups() if m else None
 
 
 def to_date(raw: str, seps: Separators) -> str:
     m = _timestamp(raw, seps)
-    if not m or not m.group(3):
+    if not m or not m[2]:
         return ""
-    return m.group(1) + m.group(2) + m.group(3)
+    return m[0] + m[1] + m[2]
 
 
 def to_time(raw: str, seps: Separators) -> str:
     m = _timestamp(raw, seps)
-    if not m or not m.group(4):
+    if not m or not m[3]:
         return ""
-    return "".join(g for g in (m.group(4), m.group(5), m.group(6)) if g) + (m.group(7) or "")
+    return "".join(g for g in (m[3], m[4], m[5]) if g) + (m[6] or "")
 
 
 def to_timezone(raw: str, seps: Separators) -> str:
     """The +hhmm/-hhmm offset of a TS, for TimezoneOffsetFromUTC."""
     m = _timestamp(raw, seps)
-    return (m.group(8) or "") if m else ""
+    return (m[7] or "") if m else ""
 
 
 def to_person_name(raw: str, seps: Separators) -> str:
