@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
@@ -62,7 +63,19 @@ def navigated_from(driver: webdriver.Chrome, wait: WebDriverWait, action) -> Non
     old page could otherwise be found, and go stale, in between)."""
     old = driver.find_element(By.TAG_NAME, "main")
     action()
-    wait.until(ready.staleness_of(old))
+
+    def replaced(_driver: webdriver.Chrome) -> bool:
+        # Chromium answers for an element of a page being replaced either "stale element"
+        # or, mid-navigation, "Node with given id does not belong to the document" (a plain
+        # WebDriverException, which selenium's staleness_of does not catch): both say the
+        # old page is gone.
+        try:
+            old.is_enabled()
+        except WebDriverException:  # StaleElementReferenceException is one
+            return True
+        return False
+
+    wait.until(replaced)
 
 
 def text(driver: webdriver.Chrome, element_id: str) -> str:
