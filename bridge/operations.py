@@ -44,8 +44,9 @@ def sink_names(config: Config) -> list[str]:
     return names
 
 
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+def when_text(ts: float | None) -> str:
+    """A stored time as the CLI's tables show it ("-" when none)."""
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
 def parse_since(text: str) -> float:
@@ -60,7 +61,7 @@ def journal_lines(entries: list[JournalEntry]) -> list[str]:
     lines = [f"{'ID':>7}  {'received':19}  {'status':9}  {'ack':3}  {'type':9}  "
              f"{'control id':20}  error"]
     for e in entries:
-        lines.append(f"{e.id:>7}  {_when(e.received_at)}  {e.status:9}  {e.ack_code or '':3}  "
+        lines.append(f"{e.id:>7}  {when_text(e.received_at)}  {e.status:9}  {e.ack_code or '':3}  "
                      f"{e.message_type or '':9}  {(e.control_id or '')[:20]:20}  "
                      f"{(e.error or '')[:80]}")
     return lines
@@ -80,12 +81,12 @@ def journal_show(entry: JournalEntry) -> str:
     raw = entry.raw.decode("latin-1").replace("\r", "\n").rstrip("\n")
     ack = (entry.ack or b"").decode("latin-1").replace("\r", "\n").rstrip("\n")
     return "\n".join([
-        f"journal {entry.id}: {entry.status}, received {_when(entry.received_at)} "
+        f"journal {entry.id}: {entry.status}, received {when_text(entry.received_at)} "
         f"from {entry.peer}",
         f"sender {entry.sender or '-'}, control id {entry.control_id or '-'}, "
         f"type {entry.message_type or '-'}, profile {entry.profile or '-'}",
         f"error: {entry.error or '-'}",
-        *([f"replayed {entry.replay_count} time(s), last {_when(entry.replayed_at)}"]
+        *([f"replayed {entry.replay_count} time(s), last {when_text(entry.replayed_at)}"]
           if entry.replay_count and entry.replayed_at else []),
         "--- message (raw bytes, shown as Latin-1) ---", raw,
         "--- ACK sent ---", ack or "(none)",
@@ -162,7 +163,7 @@ def worklist_show(store: Store, item_key: str) -> str | None:
     delivery = store.outbox_state(item_key)
     lines = [f"item {item.item_key}", f"order {item.order_key}",
              f"status {item.status} ({'on' if item.visible else 'off'} the worklist), "
-             f"updated {_when(item.updated_at)}"]
+             f"updated {when_text(item.updated_at)}"]
     for d in delivery:
         if d.removed_by_sink:
             state = "removed by the sink itself (not recreated)"

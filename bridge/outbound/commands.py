@@ -8,25 +8,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
 from pathlib import Path
 
 from bridge.config import load_config
+from bridge.operations import when_text
 from bridge.store import OutboundRow, Store, open_store, store_url
 
 EVENTS = {"IN_PROGRESS": "in_progress", "COMPLETED": "completed",
           "DISCONTINUED": "discontinued"}
 
 
-def _when(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
-
-
 def lines(rows: list[OutboundRow]) -> list[str]:
     out = [f"{'ID':>7}  {'queued':19}  {'state':7}  {'event':12}  {'try':>3}  {'ack':3}  "
            f"{'control id':20}  {'order':24}  error"]
     for r in rows:
-        out.append(f"{r.id:>7}  {_when(r.created_at)}  {r.state:7}  {r.event:12}  "
+        out.append(f"{r.id:>7}  {when_text(r.created_at)}  {r.state:7}  {r.event:12}  "
                    f"{r.attempts:>3}  {r.ack_code or '':3}  {(r.control_id or '')[:20]:20}  "
                    f"{r.order_key[:24]:24}  {(r.error or '')[:100]}")
     return out
@@ -36,7 +32,7 @@ def show(row: OutboundRow) -> str:
     message = (row.message or b"").decode("latin-1").replace("\r", "\n").rstrip("\n")
     return "\n".join([
         f"outbound {row.id}: {row.state}, {row.event} of MPPS {row.mpps_uid}, to "
-        f"{row.destination}, queued {_when(row.created_at)}, sent {_when(row.sent_at)}",
+        f"{row.destination}, queued {when_text(row.created_at)}, sent {when_text(row.sent_at)}",
         f"order {row.order_key}; items {', '.join(row.item_keys)}",
         f"attempts {row.attempts}; ACK {row.ack_code or '-'}; error: {row.error or '-'}",
         "--- message (as sent; built at the first attempt) ---", message or "(not built yet)",

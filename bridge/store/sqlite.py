@@ -308,16 +308,15 @@ def _lock_names(orders: list[OrderLookup], seen: dict[str, list[StoredItem]],
     return sorted(names)
 
 
-def _item(row: sqlite3.Row) -> StoredItem:
+def _item(row: sqlite3.Row, dataset: dict | None = None, decode: bool = True) -> StoredItem:
+    """An item from its row: its dataset decoded here, or given (decoded by the caller), or
+    with decode=False kept as the stored JSON text (StoredItem.dataset_json)."""
+    if dataset is None and decode:
+        dataset = json.loads(row["dataset"])
     return StoredItem(row["item_key"], row["order_key"], row["status"], bool(row["visible"]),
-                      json.loads(row["dataset"]), row["patient_id"], row["updated_at"],
-                      bool(row["final"]), row["version"])
-
-
-def _item_json(row: sqlite3.Row) -> StoredItem:
-    return StoredItem(row["item_key"], row["order_key"], row["status"], bool(row["visible"]),
-                      {}, row["patient_id"], row["updated_at"], bool(row["final"]),
-                      row["version"], row["dataset"])
+                      dataset if dataset is not None else {}, row["patient_id"],
+                      row["updated_at"], bool(row["final"]), row["version"],
+                      None if decode else row["dataset"])
 
 
 class Store:
@@ -958,9 +957,7 @@ class Store:
         # 40 % less time than _item's json.loads per row; this runs for every item at
         # start-up).
         datasets = json.loads("[" + ",".join(r["dataset"] for r in rows) + "]")
-        return [StoredItem(r["item_key"], r["order_key"], r["status"], bool(r["visible"]),
-                           dataset, r["patient_id"], r["updated_at"], bool(r["final"]),
-                           r["version"]) for r, dataset in zip(rows, datasets, strict=True)]
+        return [_item(r, dataset) for r, dataset in zip(rows, datasets, strict=True)]
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)
@@ -995,7 +992,7 @@ class Store:
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(f"SELECT * FROM items WHERE item_key IN ({marks})",
                                        chunk):
-                found[row["item_key"]] = _item(row) if decode else _item_json(row)
+                found[row["item_key"]] = _item(row, decode=decode)
         return found
 
     def outbox_batch(self, sink: str, limit: int = 100, decode: bool = True
