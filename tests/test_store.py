@@ -44,6 +44,37 @@ async def test_a_cancelled_caller_does_not_stop_the_store_thread(tmp_path: Path)
         store.close()
 
 
+async def test_a_caller_cancelled_while_its_call_runs_leaves_the_group_served(
+        tmp_path: Path) -> None:
+    """The call still runs to its end (and commits); its result is dropped, and the other
+    calls of its group get theirs."""
+    store = AsyncStore(Store(tmp_path / "s.sqlite"))
+    started, gate = threading.Event(), threading.Event()
+
+    def journal_slowly() -> int:
+        journal_id = store.store.journal_received(b"slow", "p")
+        started.set()
+        gate.wait(10)
+        return journal_id
+
+    try:
+        blocker, first_gate = await occupy(store)
+        slow = asyncio.ensure_future(store.run(journal_slowly))
+        other = asyncio.ensure_future(store.run(store.store.journal_received, b"other", "p"))
+        await asyncio.sleep(0.05)
+        first_gate.set()  # the two queued calls now run as one group
+        await blocker
+        await asyncio.to_thread(started.wait, 10)
+        slow.cancel()  # its connection closed while the call ran
+        gate.set()
+        assert isinstance(await asyncio.wait_for(other, 5), int)
+        assert slow.cancelled()
+        entries = await asyncio.wait_for(store.run(store.store.journal_entries), 5)
+        assert sorted(e.raw for e in entries) == [b"other", b"slow"]
+    finally:
+        store.close()
+
+
 async def test_calls_queued_together_commit_together_and_fail_alone(tmp_path: Path) -> None:
     store = AsyncStore(Store(tmp_path / "s.sqlite"))
 

@@ -123,6 +123,44 @@ def test_a_plan_on_changed_items_is_refused(config) -> None:
         second.close()
 
 
+def test_commit_planned_plans_on_the_stored_items_and_commits_or_writes_nothing(config
+                                                                               ) -> None:
+    """One call: the duplicate check, the orders' items handed to the plan, the commit. A
+    duplicate returns the first ACK without planning; a plan that raises leaves nothing."""
+    store = open_store(store_url(config))
+    lookup = OrderLookup("O^RIS")
+    header = {"control_id": "C1", "sender": "RIS"}
+    write = ItemWrite("O^RIS|1", "O^RIS", "SCHEDULED", True, {"PatientID": "1"})
+    seen: list[dict] = []
+
+    def plan(existing):
+        seen.append(existing)
+        return [write], ["a note"], [("O^RIS", "ORC-2", "O")]
+
+    def refuse(existing):
+        raise ValueError("the processor refused the message")
+
+    try:
+        first = store.journal_received(b"one", "p")
+        assert store.commit_planned(first, header, [lookup], plan, b"ack1") == (None, [write])
+        assert seen == [{"O^RIS": []}]
+        entry = store.journal_entry(first)
+        assert (entry.status, entry.ack, entry.error) == ("processed", b"ack1", "a note")
+        assert store.find_order(OrderLookup("X", identifiers=[("ORC-2", "O")]))
+        again = store.journal_received(b"one again", "p")
+        assert store.commit_planned(again, header, [lookup], plan, b"ack2") == \
+            (("AA", b"ack1"), [])
+        assert len(seen) == 1  # a duplicate is not planned
+        other = store.journal_received(b"two", "p")
+        with pytest.raises(ValueError):
+            store.commit_planned(other, {"control_id": "C2", "sender": "RIS"},
+                                 [OrderLookup("P^RIS")], refuse, b"ack3")
+        assert store.journal_entry(other).status == "received"
+        assert store.previous_ack("RIS", "C2") is None
+    finally:
+        store.close()
+
+
 def adt(event: str, control_id: str, pid: str, name: str, mrg: str | None = None) -> bytes:
     segments = [f"MSH|^~\\&|ADT|HOSP|BRIDGE|IMG|20240101||ADT^{event}|{control_id}|P|2.5",
                 f"EVN|{event}|20240101", f"PID|||{pid}^^^HOSP||{name}"]
