@@ -18,22 +18,19 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-import wlgen
 from integration.test_scp_differential import (
     ALL,
     BRIDGE_AE,
     CORPUS,
     CORPUS_QUERIES,
     DIFFERENCES,
-    GENERATED,
-    LATIN1_ITEMS,
     LATIN1_SHAPES,
     SHAPES,
     _dump2dcm,
-    _write_latin1,
     canonical,
     dataset,
     pynetdicom_find,
+    write_reference_worklists,
 )
 from pydicom.dataset import Dataset
 
@@ -56,11 +53,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     root = tmp_path_factory.mktemp("dicomweb")
     folder = root / "wl"
     folder.mkdir()
-    for dump in sorted((CORPUS / "worklists").glob("*.dump")):
-        _dump2dcm(dump, folder / f"{dump.stem}.wl", file_format=True)
-    wlgen.write_items(folder, GENERATED)
-    for i, (name, description) in enumerate(LATIN1_ITEMS, start=1):
-        _write_latin1(folder / f"latin1_{i}.wl", i, name, description)
+    write_reference_worklists(folder)
     workdir = root / "bridge"
     env = bridge_env(BRIDGE_DATA_DIR=str(workdir / "data"),
                      BRIDGE_SINKS__FOLDER__ENABLED="false")

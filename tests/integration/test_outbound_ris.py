@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
+from integration.test_scp_bridge import mpps_in_progress
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 from ris_sim import RisSimulator
@@ -53,17 +53,9 @@ CASES = {
 
 
 def _mpps(study_uid: str, sps_id: str) -> Dataset:
-    step = Dataset()
-    step.StudyInstanceUID = study_uid
-    step.ScheduledProcedureStepID = sps_id
-    ds = Dataset()
-    ds.ScheduledStepAttributesSequence = Sequence([step])
-    ds.PerformedProcedureStepStatus = "IN PROGRESS"
-    ds.PerformedProcedureStepStartDate = "20240115"
-    ds.PerformedProcedureStepStartTime = "103005"
-    ds.PerformedStationAETitle = "CT_ROOM_1"
-    ds.Modality = "CT"
-    return ds
+    return mpps_in_progress(study_uid, sps_id, PerformedProcedureStepStartDate="20240115",
+                            PerformedProcedureStepStartTime="103005",
+                            PerformedStationAETitle="CT_ROOM_1", Modality="CT")
 
 
 def _send_mpps(port: int, dataset: Dataset, create: bool) -> int:

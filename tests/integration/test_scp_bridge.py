@@ -42,13 +42,16 @@ def _mpps_ae() -> AE:
     return ae
 
 
-def _in_progress(study_uid: str, sps_id: str) -> Dataset:
+def mpps_in_progress(study_uid: str, sps_id: str, **attributes: str) -> Dataset:
+    """An MPPS N-CREATE's dataset for one scheduled step, with `attributes` on top."""
     step = Dataset()
     step.StudyInstanceUID = study_uid
     step.ScheduledProcedureStepID = sps_id
     ds = Dataset()
     ds.ScheduledStepAttributesSequence = Sequence([step])
     ds.PerformedProcedureStepStatus = "IN PROGRESS"
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
     return ds
 
 
@@ -81,7 +84,7 @@ def test_orders_mpps_and_restart(tmp_path: Path) -> None:
         assert assoc.is_established
         assert assoc.send_c_echo().Status == 0x0000
         uid = "1.2.826.0.1.3680043.10.1445.77.1"
-        status, _ = assoc.send_n_create(_in_progress("1.113654.3.13.1026", "SPS2032"),
+        status, _ = assoc.send_n_create(mpps_in_progress("1.113654.3.13.1026", "SPS2032"),
                                         ModalityPerformedProcedureStep, uid)
         assert status.Status == 0x0000
         # IN PROGRESS: STARTED in the store, off the MWL and out of the folder.
@@ -119,7 +122,7 @@ def test_mpps_in_progress_survives_a_bridge_restart(tmp_path: Path) -> None:
         assert bridge.send(FIXTURES / name).returncode == 0
         _, study, sps = ORDERS[name]
         assoc = _mpps_ae().associate("127.0.0.1", port, ae_title="BRIDGE_MWL")
-        status, _ = assoc.send_n_create(_in_progress(study, sps),
+        status, _ = assoc.send_n_create(mpps_in_progress(study, sps),
                                         ModalityPerformedProcedureStep, uid)
         assert status.Status == 0x0000
         assoc.release()

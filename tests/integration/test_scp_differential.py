@@ -93,6 +93,16 @@ def _dump2dcm(dump: Path, out: Path, *, file_format: bool) -> None:
     subprocess.run([*args, str(dump), str(out)], check=True, timeout=30)
 
 
+def write_reference_worklists(folder: Path) -> None:
+    """The worklist both suites serve: the DCMTK corpus's items (dump2dcm), GENERATED
+    generated ones and the Latin-1 items."""
+    for dump in sorted((CORPUS / "worklists").glob("*.dump")):
+        _dump2dcm(dump, folder / f"{dump.stem}.wl", file_format=True)
+    wlgen.write_items(folder, GENERATED)
+    for i, (name, description) in enumerate(LATIN1_ITEMS, start=1):
+        _write_latin1(folder / f"latin1_{i}.wl", i, name, description)
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     if not (CORPUS / "worklists").is_dir():
@@ -101,11 +111,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     folder = root / "wlm" / WLM_AE
     folder.mkdir(parents=True)
     (folder / "lockfile").touch()
-    for dump in sorted((CORPUS / "worklists").glob("*.dump")):
-        _dump2dcm(dump, folder / f"{dump.stem}.wl", file_format=True)
-    wlgen.write_items(folder, GENERATED)
-    for i, (name, description) in enumerate(LATIN1_ITEMS, start=1):
-        _write_latin1(folder / f"latin1_{i}.wl", i, name, description)
+    write_reference_worklists(folder)
     workdir = root / "bridge"
     imported = subprocess.run(
         [sys.executable, "-m", "bridge", "import-wl", str(folder), "--config",
