@@ -10,6 +10,7 @@ missing=()
 [ -x /usr/bin/findscu ] && [ -x /usr/bin/wlmscpfs ] && [ -x /usr/bin/dump2dcm ] || missing+=(dcmtk)
 [ -x /usr/sbin/Orthanc ] && [ -e /usr/share/orthanc/plugins/libModalityWorklists.so ] || missing+=(orthanc)
 [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || missing+=(chromium chromium-driver)
+[ -x /usr/bin/strace ] || missing+=(strace)  # which commits wait for the disk (test_store.py)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (Debian)..."
   apt_install "${missing[@]}"

@@ -448,10 +448,12 @@ class Store:
         message was never acknowledged: the sender sends it again.
         """
         with self._relaxed():
+            # Fetched inside: an INSERT ... RETURNING commits when its row has been read, and
+            # read after synchronous=FULL is back it waited for the disk after all.
             cur = self.db.execute("INSERT INTO journal (received_at, peer, raw, instance) "
                                   "VALUES (?, ?, ?, ?) RETURNING id",
                                   (time.time(), peer, raw, self.instance))
-        return int(cur.fetchone()[0])
+            return int(cur.fetchone()[0])
 
     @contextlib.contextmanager
     def _relaxed(self) -> Iterator[None]:
