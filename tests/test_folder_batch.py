@@ -3,6 +3,7 @@ fails, each item is tried on its own so that only the failing one is retried."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -100,3 +101,40 @@ async def test_writer_process_takes_the_batch(tmp_path: Path) -> None:
     finally:
         await sink.aclose()
     assert len(list((tmp_path / "wl").glob("*.wl"))) == 5
+
+
+class GatedSink(CountingSink):
+    """Holds its first batch until `gate` is set."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.entered, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def put_many(self, items: list[StoredItem]) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().put_many(items)
+
+
+async def test_a_commit_made_during_a_delivery_is_delivered_without_waiting_for_the_poll(
+        store: AsyncStore, tmp_path: Path) -> None:
+    """The worker sleeps between batches until a commit wakes it (poll_interval is only the
+    fallback): a wake-up that comes while it delivers is not lost, and the commits of a
+    short moment go out together."""
+    sink = GatedSink(tmp_path / "wl")
+    worker = OutboxWorker(sink, store, poll_interval=600)
+    worker.start()
+    try:
+        await commit(store, ["K0", "K1"])
+        worker.notify()
+        await asyncio.wait_for(sink.entered.wait(), 10)
+        await commit(store, ["K2", "K3"])  # while the first batch is being written
+        worker.notify()
+        sink.gate.set()
+        deadline = time.monotonic() + 20
+        while len(list((tmp_path / "wl").glob("*.wl"))) < 4:
+            assert time.monotonic() < deadline, "the second commit waited for the poll"
+            await asyncio.sleep(0.01)
+        assert sink.batches == [2, 2] and sink.singles == []
+    finally:
+        await worker.stop()
