@@ -147,17 +147,44 @@ class Processor:
 
     async def handle(self, raw: bytes, peer: str, journal_id: int | None = None) -> Outcome:
         """`journal_id`: a message journaled before (a replay), whose entry is updated."""
+        header: dict[str, str | None] = {}
+        cfg = self.config.mllp
+        offload = (len(raw) >= OFFLOAD_BYTES or cfg.strict or cfg.strict_senders
+                   or raw.count(b"\r") + raw.count(b"\n") >= OFFLOAD_SEGMENTS)
+        prepared: Prepared | None = None
+        if journal_id is None and not offload:
+            # One trip to the store's thread: the journal entry (committed first), then the
+            # decoding, the mapping and the commit there (_ingest). Two trips cost each order
+            # two wake-ups of each thread (issue 13).
+            read: list[Prepared] = []
+            try:
+                done = await self.store.run_journaled(raw, peer, self._ingest, raw, header,
+                                                      read)
+            except StorageFull as exc:
+                return self._not_stored(raw, peer, exc)
+            journal_id = done.journal_id
+            if isinstance(done.error, Stale):
+                pass  # planned on items another instance changed meanwhile: plan again below
+            elif done.error is not None:
+                return await self._failed(done.error, journal_id, header,
+                                          read[0].msg if read else None, raw)
+            elif done.value is not None:
+                previous, writes, ack = done.value
+                if previous is not None:
+                    return await self._duplicate(journal_id, header, previous)
+                self.on_commit(writes)
+                return Outcome(ack, "AA", journal_id, writes=writes)
+            prepared = read[0] if read else None  # a patient message: its plan is made here
         if journal_id is None:
             try:
                 journal_id = await self.store.run(self.store.store.journal_received, raw, peer)
             except StorageFull as exc:
                 return self._not_stored(raw, peer, exc)
-        header: dict[str, str | None] = {}
         msg: Message | None = None
         try:
-            cfg = self.config.mllp
-            if (len(raw) >= OFFLOAD_BYTES or cfg.strict or cfg.strict_senders
-                    or raw.count(b"\r") + raw.count(b"\n") >= OFFLOAD_SEGMENTS):
+            if prepared is not None:
+                pass
+            elif offload:
                 # CPU work (and hl7apy's tables) off the event loop: see OFFLOAD_BYTES.
                 prepared = await asyncio.to_thread(self._prepare, raw, header, Pacer())
             else:
@@ -207,23 +234,50 @@ class Processor:
                         raise
             self.on_commit(writes)
             return Outcome(ack, "AA", journal_id, writes=writes)
-        except Rejection as rej:
+        except Exception as exc:
+            return await self._failed(exc, journal_id, header, msg, raw)
+
+    def _ingest(self, journal_id: int, raw: bytes, header: dict[str, str | None],
+                read: list[Prepared]
+                ) -> tuple[tuple[str, bytes] | None, list[ItemWrite], bytes] | None:
+        """On the store's thread, the message journaled (AsyncStore.run_journaled): decode,
+        map and commit an order message; returns (the earlier ACK of a duplicate, the writes
+        made, the AA). A patient message is only decoded and mapped (None): the event loop
+        plans it on its patients' items. What could be read of the message goes in `read`,
+        for the ACK of an error."""
+        prepared = self._prepare(raw, header)
+        read.append(prepared)
+        if prepared.mapped is None:
+            return None
+        msg, mapped = prepared.msg, prepared.mapped
+        ack = self._encode(acks.build_ack("AA", f"A{journal_id}", msg), msg)
+        previous, writes = self.store.store.commit_planned(
+            journal_id, header, [_lookup(o) for o in mapped.orders],
+            functools.partial(self._plan, msg, mapped), ack)
+        return previous, writes, ack
+
+    async def _failed(self, exc: BaseException, journal_id: int,
+                      header: dict[str, str | None], msg: Message | None,
+                      raw: bytes) -> Outcome:
+        """The ACK for a message that could not be committed, and its journal entry."""
+        if isinstance(exc, Rejection):
             # A message accepted before gets its first ACK again, even if it would fail now
             # (a mapping changed since): the duplicate rule comes first.
             previous = await self._previous(header)
             if previous is not None:
                 return await self._duplicate(journal_id, header, previous)
-            return await self._fail(journal_id, header, msg or rej.msg, rej.code, rej.error,
+            return await self._fail(journal_id, header, msg or exc.msg, exc.code, exc.error,
                                     raw=raw)
-        except StorageFull as exc:
+        if isinstance(exc, Duplicate):  # the same message committed at the same moment
+            return await self._duplicate(journal_id, header, exc.previous)
+        if isinstance(exc, StorageFull):
             return await self._fail(journal_id, header, msg, "AE", AckError(
                 acks.APPLICATION_INTERNAL_ERROR, _not_stored_text(exc)), raw=raw)
-        except Exception as exc:  # a bug must cost one AE, not the connection
-            log.exception("journal %d: internal error", journal_id)
-            err = AckError(acks.APPLICATION_INTERNAL_ERROR, f"internal error: {exc}")
-            return await self._fail(journal_id, header, msg, "AE", err, log_text="internal "
-                                    f"error: {exception_text(exc, self.config.log_phi)}",
-                                    raw=raw)
+        # A bug must cost one AE, not the connection.
+        log.error("journal %d: internal error", journal_id, exc_info=exc)
+        err = AckError(acks.APPLICATION_INTERNAL_ERROR, f"internal error: {exc}")
+        return await self._fail(journal_id, header, msg, "AE", err, log_text="internal "
+                                f"error: {exception_text(exc, self.config.log_phi)}", raw=raw)
 
     async def _previous(self, header: dict[str, str | None]) -> tuple[str, bytes] | None:
         if not header.get("control_id"):

@@ -123,6 +123,48 @@ def test_a_plan_on_changed_items_is_refused(config) -> None:
         second.close()
 
 
+async def test_run_journaled_commits_the_entry_before_its_call_and_answers_with_its_id(
+        config) -> None:
+    """AsyncStore.run_journaled: the message's journal entry is committed (another
+    connection reads it) before its call runs; the call's result, or its error, comes back
+    with the entry's id, and the entry of a failed call stays. Calls queued behind a busy
+    thread are journaled together, then run (one group on SQLite)."""
+    store = AsyncStore(open_store(store_url(config)))
+    observer = open_store(store_url(config))
+    seen: dict[str, bytes] = {}
+
+    def call(journal_id: int, tag: str) -> str:
+        entry = observer.journal_entry(journal_id)
+        assert entry is not None, "the journal entry is not committed yet"
+        seen[tag] = entry.raw
+        if tag == "bad":
+            raise ValueError("the processor refused the message")
+        store.store.write_items([ItemWrite(f"I-{tag}", f"O-{tag}", "SCHEDULED", True, {})])
+        return tag.upper()
+
+    try:
+        started, gate = threading.Event(), threading.Event()
+        blocker = asyncio.ensure_future(store.run(lambda: started.set() or gate.wait(10)))
+        await asyncio.to_thread(started.wait, 10)
+        calls = [asyncio.ensure_future(store.run_journaled(f"raw {tag}".encode(), "peer",
+                                                           call, tag))
+                 for tag in ("a", "bad", "c")]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        a, bad, c = await asyncio.wait_for(asyncio.gather(*calls), 10)
+        assert (a.value, a.error, c.value, c.error) == ("A", None, "C", None)
+        assert bad.value is None and isinstance(bad.error, ValueError)
+        assert seen == {"a": b"raw a", "bad": b"raw bad", "c": b"raw c"}
+        assert len({a.journal_id, bad.journal_id, c.journal_id}) == 3
+        assert observer.journal_entry(bad.journal_id).status == "received"  # kept
+        kept = await store.run(store.store.items_by_keys, ["I-a", "I-bad", "I-c"])
+        assert sorted(kept) == ["I-a", "I-c"]
+    finally:
+        store.close()
+        observer.close()
+
+
 def test_commit_planned_plans_on_the_stored_items_and_commits_or_writes_nothing(config
                                                                                ) -> None:
     """One call: the duplicate check, the orders' items handed to the plan, the commit. A

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 # The processor's plan for a message, given its orders' stored items (commit_planned):
@@ -467,6 +467,15 @@ class Store:
             yield
         finally:
             self.db.execute("PRAGMA synchronous=FULL")
+
+    def journal_many(self, entries: list[tuple[bytes, str]]) -> list[int]:
+        """journal_received for several messages, in one commit (AsyncStore.run_journaled)."""
+        with self._relaxed(), self._transaction():
+            now = time.time()
+            return [int(self.db.execute(
+                "INSERT INTO journal (received_at, peer, raw, instance) VALUES (?, ?, ?, ?) "
+                "RETURNING id", (now, peer, raw, self.instance)).fetchone()[0])
+                for raw, peer in entries]
 
     def previous_ack(self, sender: str, control_id: str) -> tuple[str, bytes] | None:
         """The ACK already sent for this sender's control ID, if it was accepted (first
@@ -1276,11 +1285,22 @@ class _Transaction:
 
 
 class _Call:
-    __slots__ = ("args", "fn", "future", "loop")
+    __slots__ = ("args", "fn", "future", "journal", "loop")
 
     def __init__(self, fn: Callable, args: tuple, future: asyncio.Future,
-                 loop: asyncio.AbstractEventLoop):
+                 loop: asyncio.AbstractEventLoop, journal: tuple[bytes, str] | None = None):
         self.fn, self.args, self.future, self.loop = fn, args, future, loop
+        self.journal = journal  # (raw, peer): journaled and committed before fn runs
+
+
+@dataclass
+class Journaled(Generic[T]):
+    """What AsyncStore.run_journaled gives back: the message's journal entry, and what its
+    call returned or raised."""
+
+    journal_id: int
+    value: T | None = None
+    error: BaseException | None = None
 
 
 def _settle(results: list[tuple[asyncio.Future, bool, object]]) -> None:
@@ -1341,7 +1361,35 @@ class AsyncStore:
             if group:
                 self._run_group(group)
 
+    async def run_journaled(self, raw: bytes, peer: str, fn: Callable[..., T],
+                            *args: object) -> Journaled[T]:
+        """journal_received, then fn(journal_id, *args), in one trip to the store's thread:
+        the journal entry is committed before fn starts (so a message that brings the
+        bridge down is in the journal), and fn's error comes back with the entry's id.
+        Raises what the journal insert raised (StorageFull: nothing was journaled)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._calls.put(_Call(fn, args, future, loop, journal=(raw, peer)))
+        return await future
+
+    def _journal_first(self, group: list[_Call]) -> tuple[list[_Call], dict[int, int]]:
+        """The journal entries of the group's journaled calls, in one commit; the calls
+        whose entries could not be written are answered here and left out of the group."""
+        journaled = [c for c in group if c.journal is not None]
+        if not journaled:
+            return group, {}
+        try:
+            ids = self.store.journal_many([c.journal for c in journaled])
+        except BaseException as exc:
+            ok, value = self._full(exc)
+            self._give(journaled, [(ok, value)] * len(journaled))
+            return [c for c in group if c.journal is None], {}
+        return group, {id(c): i for c, i in zip(journaled, ids, strict=True)}
+
     def _run_group(self, group: list[_Call]) -> None:
+        group, journal_ids = self._journal_first(group)
+        if not group:
+            return
         db = self.store.db
         outcomes: list[tuple[bool, object]] = []
         grouped = len(group) > 1
@@ -1351,11 +1399,13 @@ class AsyncStore:
                 db.execute("BEGIN IMMEDIATE")
             for call in group:
                 try:
+                    args = call.args if call.journal is None else \
+                        (journal_ids[id(call)], *call.args)
                     if grouped:
                         with _Transaction(db):  # a savepoint: a failure undoes this call only
-                            outcomes.append((True, call.fn(*call.args)))
+                            outcomes.append((True, call.fn(*args)))
                     else:
-                        outcomes.append((True, call.fn(*call.args)))
+                        outcomes.append((True, call.fn(*args)))
                 except BaseException as exc:  # handed to the caller, as the executor did
                     outcomes.append((False, exc))
                     if grouped and not db.in_transaction:
@@ -1371,6 +1421,15 @@ class AsyncStore:
         outcomes = [self._full(value) if not ok else (ok, value) for ok, value in outcomes]
         if all(ok for ok, _ in outcomes) and db.total_changes > changes:
             self.store.full_since = None  # a write went through: there is space again
+        for n, call in enumerate(group):
+            if call.journal is not None:  # its caller gets the journal id with either
+                ok, value = outcomes[n]
+                outcomes[n] = (True, Journaled(journal_ids[id(call)], value if ok else None,
+                                               None if ok else value))  # type: ignore[arg-type]
+        self._give(group, outcomes)
+
+    @staticmethod
+    def _give(group: list[_Call], outcomes: list[tuple[bool, object]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for call, (ok, value) in zip(group, outcomes, strict=True):
             by_loop.setdefault(call.loop, []).append((call.future, ok, value))
