@@ -190,8 +190,6 @@ class Processor:
             else:
                 prepared = self._prepare(raw, header)
             msg, profile = prepared.msg, prepared.profile
-            mapped = None
-            lookups: list[OrderLookup] = []
             patients: dict[str, list[StoredItem]] | None = None  # an ADT's, as planned on
             if isinstance(profile, PatientProfile):
                 previous = await self._previous(header)
@@ -199,23 +197,14 @@ class Processor:
                     return await self._duplicate(journal_id, header, previous)
                 writes, patients = await self._patient_writes(msg, profile,
                                                               prepared.updates or [])
-                warnings: list[str] = []
-                identifiers: list[tuple[str, str, str]] = []
-            else:
-                mapped = prepared.mapped
-                assert mapped is not None
-                lookups = [_lookup(o) for o in mapped.orders]
-            ack = self._encode(acks.build_ack("AA", f"A{journal_id}", msg), msg)
+                ack = self._encode(acks.build_ack("AA", f"A{journal_id}", msg), msg)
             # The store refuses a plan made on items another connection or instance changed
             # meanwhile (Stale): plan again from what is stored now.
             for attempt in range(1, 11):
                 try:
-                    if mapped is not None:
-                        # Mapped first (CPU only), then one trip to the store: the duplicate
-                        # check, the orders' items, the plan made on them and the commit.
-                        previous, writes = await self.store.run(
-                            self.store.store.commit_planned, journal_id, header, lookups,
-                            functools.partial(self._plan, msg, mapped), ack)
+                    if prepared.mapped is not None:
+                        previous, writes, ack = await self.store.run(
+                            self._commit_order, journal_id, header, prepared)
                         if previous is not None:
                             return await self._duplicate(journal_id, header, previous)
                         break
@@ -224,11 +213,8 @@ class Processor:
                         writes, patients = await self._patient_writes(msg, profile,
                                                                       prepared.updates or [])
                     await self.store.run(self.store.store.commit_message, journal_id, header,
-                                         writes, "AA", ack, "; ".join(warnings) or None,
-                                         identifiers, None, None, patients)
+                                         writes, "AA", ack, None, [], None, None, patients)
                     break
-                except Duplicate as dup:  # the same message committed at the same moment
-                    return await self._duplicate(journal_id, header, dup.previous)
                 except Stale:
                     if attempt == 10:
                         raise
@@ -249,7 +235,16 @@ class Processor:
         read.append(prepared)
         if prepared.mapped is None:
             return None
+        return self._commit_order(journal_id, header, prepared)
+
+    def _commit_order(self, journal_id: int, header: dict[str, str | None],
+                      prepared: Prepared
+                      ) -> tuple[tuple[str, bytes] | None, list[ItemWrite], bytes]:
+        """On the store's thread, for a mapped order message: its AA, then one store call
+        for the duplicate check, the orders' items, the plan made on them and the commit.
+        Returns (the earlier ACK of a duplicate, the writes made, the AA)."""
         msg, mapped = prepared.msg, prepared.mapped
+        assert mapped is not None
         ack = self._encode(acks.build_ack("AA", f"A{journal_id}", msg), msg)
         previous, writes = self.store.store.commit_planned(
             journal_id, header, [_lookup(o) for o in mapped.orders],

@@ -448,12 +448,15 @@ class Store:
         message was never acknowledged: the sender sends it again.
         """
         with self._relaxed():
-            # Fetched inside: an INSERT ... RETURNING commits when its row has been read, and
-            # read after synchronous=FULL is back it waited for the disk after all.
-            cur = self.db.execute("INSERT INTO journal (received_at, peer, raw, instance) "
-                                  "VALUES (?, ?, ?, ?) RETURNING id",
-                                  (time.time(), peer, raw, self.instance))
-            return int(cur.fetchone()[0])
+            return self._journal_row(raw, peer, time.time())
+
+    def _journal_row(self, raw: bytes, peer: str, now: float) -> int:
+        # Its id read at once: an INSERT ... RETURNING outside a transaction commits when its
+        # row has been read, and read after _relaxed had set FULL again it waited for the
+        # disk after all.
+        return int(self.db.execute(
+            "INSERT INTO journal (received_at, peer, raw, instance) VALUES (?, ?, ?, ?) "
+            "RETURNING id", (now, peer, raw, self.instance)).fetchone()[0])
 
     @contextlib.contextmanager
     def _relaxed(self) -> Iterator[None]:
@@ -472,10 +475,7 @@ class Store:
         """journal_received for several messages, in one commit (AsyncStore.run_journaled)."""
         with self._relaxed(), self._transaction():
             now = time.time()
-            return [int(self.db.execute(
-                "INSERT INTO journal (received_at, peer, raw, instance) VALUES (?, ?, ?, ?) "
-                "RETURNING id", (now, peer, raw, self.instance)).fetchone()[0])
-                for raw, peer in entries]
+            return [self._journal_row(raw, peer, now) for raw, peer in entries]
 
     def previous_ack(self, sender: str, control_id: str) -> tuple[str, bytes] | None:
         """The ACK already sent for this sender's control ID, if it was accepted (first
@@ -1285,12 +1285,13 @@ class _Transaction:
 
 
 class _Call:
-    __slots__ = ("args", "fn", "future", "journal", "loop")
+    __slots__ = ("args", "fn", "future", "journal", "journal_id", "loop")
 
     def __init__(self, fn: Callable, args: tuple, future: asyncio.Future,
                  loop: asyncio.AbstractEventLoop, journal: tuple[bytes, str] | None = None):
         self.fn, self.args, self.future, self.loop = fn, args, future, loop
         self.journal = journal  # (raw, peer): journaled and committed before fn runs
+        self.journal_id = 0  # its entry, once journaled: fn's first argument
 
 
 @dataclass
@@ -1372,22 +1373,23 @@ class AsyncStore:
         self._calls.put(_Call(fn, args, future, loop, journal=(raw, peer)))
         return await future
 
-    def _journal_first(self, group: list[_Call]) -> tuple[list[_Call], dict[int, int]]:
+    def _journal_first(self, group: list[_Call]) -> list[_Call]:
         """The journal entries of the group's journaled calls, in one commit; the calls
         whose entries could not be written are answered here and left out of the group."""
         journaled = [c for c in group if c.journal is not None]
         if not journaled:
-            return group, {}
+            return group
         try:
             ids = self.store.journal_many([c.journal for c in journaled])
         except BaseException as exc:
-            ok, value = self._full(exc)
-            self._give(journaled, [(ok, value)] * len(journaled))
-            return [c for c in group if c.journal is None], {}
-        return group, {id(c): i for c, i in zip(journaled, ids, strict=True)}
+            self._give(journaled, [self._full(exc)] * len(journaled))
+            return [c for c in group if c.journal is None]
+        for call, journal_id in zip(journaled, ids, strict=True):
+            call.journal_id = journal_id
+        return group
 
     def _run_group(self, group: list[_Call]) -> None:
-        group, journal_ids = self._journal_first(group)
+        group = self._journal_first(group)
         if not group:
             return
         db = self.store.db
@@ -1400,7 +1402,7 @@ class AsyncStore:
             for call in group:
                 try:
                     args = call.args if call.journal is None else \
-                        (journal_ids[id(call)], *call.args)
+                        (call.journal_id, *call.args)
                     if grouped:
                         with _Transaction(db):  # a savepoint: a failure undoes this call only
                             outcomes.append((True, call.fn(*args)))
@@ -1424,7 +1426,7 @@ class AsyncStore:
         for n, call in enumerate(group):
             if call.journal is not None:  # its caller gets the journal id with either
                 ok, value = outcomes[n]
-                outcomes[n] = (True, Journaled(journal_ids[id(call)], value if ok else None,
+                outcomes[n] = (True, Journaled(call.journal_id, value if ok else None,
                                                None if ok else value))  # type: ignore[arg-type]
         self._give(group, outcomes)
 
