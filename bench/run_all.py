@@ -3,6 +3,7 @@
     python bench/run_all.py [--quick]
 
 Runs bench_translate (mapping speed), bench_ingest (MLLP ingest against a bare ACK server),
+bench_orthanc_sink (the Orthanc sink against the /worklists test double),
 bench_scale (C-FIND against wlmscpfs and Orthanc 1.10.1 at each of `--sizes`: selective,
 typical, broad, a modality's month, name and ID prefixes, four modalities at once, the
 bridge's CPU per answer, a chart) and bench_cfind (the built-in SCP against wlmscpfs at the
@@ -59,6 +60,8 @@ def main() -> None:
                   "\n\n```\n" + translate.strip() + "\n```")
     run(["bench_ingest.py", *(["--orders", "1000", "--paced-seconds", "2"] if args.quick
                               else [])])
+    run(["bench_orthanc_sink.py", *(["--burst", "2000", "--seconds", "2"] if args.quick
+                                    else [])])
     sizes = "500,2000" if args.quick else args.sizes
     largest = max(int(n) for n in sizes.split(","))
     run(["bench_scale.py", "--sizes", sizes, "--workdir", str(work)])

@@ -275,6 +275,9 @@ class OrthancSinkConfig(_Section):
     max_attempts: int = Field(20, ge=1)
     min_backoff: float = Field(2.0, gt=0)
     max_backoff: float = Field(300.0, gt=0)
+    # Requests in flight at once while a batch of changes goes out (each on its own
+    # kept-alive connection): one at a time, the sink fell seconds behind a burst.
+    parallel_requests: int = Field(4, ge=1, le=64)
 
     @model_validator(mode="after")
     def _one_authorization(self) -> OrthancSinkConfig:

@@ -35,6 +35,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -134,6 +135,10 @@ class OrthancDouble:
         self.fail_status: int | None = None
         self.require_headers: dict[str, str] | None = None
         self.plugin = True
+        # Called with (ID, Tags) after each PUT or POST stored an item: bench/ times arrivals.
+        self.on_store: Callable[[str, dict], None] | None = None
+        self.in_flight = 0  # requests being answered now, and the most there were at once
+        self.max_in_flight = 0
         self.lock = threading.Lock()
         self.port = port
         self._server: ThreadingHTTPServer | None = None
@@ -248,6 +253,16 @@ class OrthancDouble:
         return Handler
 
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self._answer(h, method)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _answer(self, h: BaseHTTPRequestHandler, method: str) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
         url = urlsplit(h.path)
@@ -348,6 +363,8 @@ class OrthancDouble:
             tags["StudyInstanceUID"] = _made_up_uid()
         with self.lock:
             self.items[worklist_id] = tags
+        if self.on_store is not None:
+            self.on_store(worklist_id, tags)
 
     def _error(self, h: BaseHTTPRequestHandler, method: str, path: str, status: int,
                fields: dict) -> None:

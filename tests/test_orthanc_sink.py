@@ -328,6 +328,68 @@ async def test_unknown_tag_is_the_items_failure(orthanc: OrthancDouble,
     await sink.aclose()
 
 
+async def commit_many(store: AsyncStore, count: int, bad: int | None = None) -> list[str]:
+    """`count` items (PLC-0 ...); the `bad`-th with a tag Orthanc does not know."""
+    keys = [f"PLC-{n}|RP|SPS" for n in range(count)]
+    for n, key in enumerate(keys):
+        extra = {"NoSuchTag": "x"} if n == bad else {}
+        await commit(store, key, {**ITEM, "AccessionNumber": f"ACC-{n}", **extra})
+    return keys
+
+
+async def test_a_batch_goes_out_with_parallel_requests(orthanc: OrthancDouble,
+                                                       store: AsyncStore) -> None:
+    sink = make_sink(orthanc, store, parallel_requests=3)
+    keys = await commit_many(store, 12)
+    items = await store.run(store.store.items_by_keys, keys)
+    orthanc.delay = 0.05  # so that the requests overlap
+    await sink.put_many([items[k] for k in keys])
+    assert orthanc.max_in_flight == 3
+    assert sorted(orthanc.items) == sorted(sink.remote_id(k) for k in keys)
+    states = await store.run(store.store.sink_states, "orthanc", keys)
+    assert all(states[k].delivered and states[k].remote_id == sink.remote_id(k) for k in keys)
+    # Delivered items are checked before they are replaced: a GET each, then the PUT.
+    puts = orthanc.count("PUT")
+    await sink.put_many([items[k] for k in keys])
+    assert (orthanc.count("GET"), orthanc.count("PUT")) == (12, puts + 12)
+    await sink.aclose()
+
+
+async def test_one_refused_item_does_not_hold_back_its_batch(orthanc: OrthancDouble,
+                                                             store: AsyncStore) -> None:
+    sink = make_sink(orthanc, store)
+    keys = await commit_many(store, 6, bad=2)
+    items = await store.run(store.store.items_by_keys, keys)
+    with pytest.raises(OrthancError, match="Unknown DICOM tag NoSuchTag"):
+        await sink.put_many([items[k] for k in keys])
+    good = [k for n, k in enumerate(keys) if n != 2]
+    assert sorted(orthanc.items) == sorted(sink.remote_id(k) for k in good)
+    states = await store.run(store.store.sink_states, "orthanc", keys)
+    assert sorted(states) == sorted(good)
+    # Through the outbox: the batch fails, its items are tried one by one, and only the
+    # refused one is charged an attempt.
+    await commit_many(store, 6, bad=2)
+    worker = OutboxWorker(sink, store, min_backoff=30)
+    assert await worker.deliver_due()
+    for n, key in enumerate(keys):
+        [state] = await store.run(store.store.outbox_state, key)
+        assert (state.state, state.attempts) == (("pending", 1) if n == 2 else ("done", 0))
+    await sink.aclose()
+
+
+async def test_an_outage_stops_a_batch(orthanc: OrthancDouble, store: AsyncStore) -> None:
+    sink = make_sink(orthanc, store, parallel_requests=2)
+    keys = await commit_many(store, 20)
+    items = await store.run(store.store.items_by_keys, keys)
+    orthanc.fail_with(503)  # a proxy in front of a stopped Orthanc
+    with pytest.raises(SinkUnavailable, match="HTTP 503 from a proxy"):
+        await sink.put_many([items[k] for k in keys])
+    # The requests in flight when the first failure came back, not twenty.
+    assert orthanc.count("PUT") <= 2
+    assert await store.run(store.store.sink_states, "orthanc", keys) == {}
+    await sink.aclose()
+
+
 @pytest.mark.parametrize(("cfg", "required"), [
     ({"username": "bridge", "password": "s3cret"},
      {"Authorization": "Basic " + base64.b64encode(b"bridge:s3cret").decode()}),

@@ -12,6 +12,7 @@ is recorded as removed by the sink and never sent again, by a retry, an update o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import uuid
@@ -22,7 +23,7 @@ import httpx
 from bridge.config import OrthancSinkConfig
 from bridge.mapping.transforms import derived_uid
 from bridge.sinks import SinkUnavailable
-from bridge.store import AsyncStore, StoredItem
+from bridge.store import AsyncStore, SinkState, StoredItem
 
 log = logging.getLogger(__name__)
 
@@ -195,20 +196,56 @@ class OrthancSink:
             return False
 
     async def put(self, item: StoredItem) -> None:
+        await self.put_many([item])
+
+    async def put_many(self, items: list[StoredItem]) -> None:
+        """Create or replace several items: their states read in one trip to the store, up
+        to `parallel_requests` requests in flight, the new deliveries recorded in one commit.
+        One request at a time, a 10,000-order burst reached Orthanc 6 s after its last ACK
+        (bench/bench_orthanc_sink.py): each put waited for a round trip and two commits.
+
+        Raises the first item's error once every request has ended (the outbox then tries
+        the batch's items one by one, so each error is charged to its own item); once
+        Orthanc is unreachable, the requests not yet sent are not sent."""
         db = self.store.store
+        states = await self.store.run(db.sink_states, self.name, [i.item_key for i in items])
+        slots = asyncio.Semaphore(self.cfg.parallel_requests)
+        delivered: list[tuple[str, str]] = []
+        errors: list[Exception] = []
+
+        async def one(item: StoredItem) -> None:
+            async with slots:
+                if any(isinstance(e, SinkUnavailable) for e in errors):
+                    return
+                try:
+                    rid = await self._put(item, states.get(item.item_key))
+                except Exception as exc:
+                    errors.append(exc)
+                    return
+                if rid is not None:
+                    delivered.append((item.item_key, rid))
+
+        try:
+            await asyncio.gather(*(one(item) for item in items))
+        finally:
+            if delivered:
+                await self.store.run(db.sink_delivered_many, self.name, delivered)
+        if errors:
+            raise errors[0]
+
+    async def _put(self, item: StoredItem, state: SinkState | None) -> str | None:
+        """Put one item; returns its remote ID when it is newly delivered."""
         rid = self.remote_id(item.item_key)
-        state = await self.store.run(db.sink_state, self.name, item.item_key)
         if state is not None and state.removed_at is not None:
             log.debug("orthanc: %s stays removed (Orthanc removed it)", item.item_key)
-            return
+            return None
         if state is not None and state.delivered and await self.client.get(rid) is None:
-            await self.store.run(db.sink_removed, self.name, item.item_key, rid)
+            await self.store.run(self.store.store.sink_removed, self.name, item.item_key, rid)
             log.info("orthanc: %s (worklist %s) was removed by Orthanc itself (its study "
                      "arrived?): not recreating it", item.item_key, rid)
-            return
+            return None
         await self.client.put(rid, tags_for(item))
-        if state is None or not state.delivered:
-            await self.store.run(db.sink_delivered, self.name, item.item_key, rid, True)
+        return None if state is not None and state.delivered else rid
 
     async def remove(self, item: StoredItem) -> None:
         db = self.store.store

@@ -1099,12 +1099,30 @@ class Store:
                                (item_key,)).fetchall()
         return [SinkState(**_sink_state(r)) for r in rows]
 
+    def sink_states(self, sink: str, item_keys: list[str]) -> dict[str, SinkState]:
+        """`sink_state` of several items in one call (those the sink has a state for)."""
+        found: dict[str, SinkState] = {}
+        for start in range(0, len(item_keys), 500):  # SQLite's limit on bound parameters
+            chunk = item_keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT * FROM sink_state WHERE sink = ? AND item_key "
+                                       f"IN ({marks})", (sink, *chunk)):
+                found[row["item_key"]] = SinkState(**_sink_state(row))
+        return found
+
     def sink_delivered(self, sink: str, item_key: str, remote_id: str, delivered: bool) -> None:
         """The sink now holds the item (after a put) or does not (after a remove)."""
-        self.db.execute(
-            "INSERT INTO sink_state (sink, item_key, remote_id, delivered) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (sink, item_key) DO UPDATE SET remote_id = excluded.remote_id, "
-            "delivered = excluded.delivered", (sink, item_key, remote_id, int(delivered)))
+        self.sink_delivered_many(sink, [(item_key, remote_id)], delivered)
+
+    def sink_delivered_many(self, sink: str, delivered_ids: list[tuple[str, str]],
+                            delivered: bool = True) -> None:
+        """`sink_delivered` for several (item key, remote id) in one transaction."""
+        with self._transaction():
+            self.db.executemany(
+                "INSERT INTO sink_state (sink, item_key, remote_id, delivered) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (sink, item_key) DO UPDATE SET "
+                "remote_id = excluded.remote_id, delivered = excluded.delivered",
+                [(sink, key, rid, int(delivered)) for key, rid in delivered_ids])
 
     def sink_removed(self, sink: str, item_key: str, remote_id: str) -> None:
         """The sink removed the item by itself: it stays removed."""
