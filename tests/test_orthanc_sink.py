@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import shutil
+import signal
 import ssl
 import subprocess
 import time
@@ -52,9 +54,11 @@ async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
     s.close()
 
 
-def make_sink(orthanc: OrthancDouble, store: AsyncStore, **cfg: object) -> OrthancSink:
+def make_sink(orthanc: OrthancDouble, store: AsyncStore, delivery_process: bool = True,
+              **cfg: object) -> OrthancSink:
+    """The sink as the bridge runs it: its puts sent by its delivery process."""
     settings = {"enabled": True, "url": orthanc.url, "timeout": 1.0, **cfg}
-    return OrthancSink(OrthancSinkConfig.model_validate(settings), store)
+    return OrthancSink(OrthancSinkConfig.model_validate(settings), store, delivery_process)
 
 
 async def commit(store: AsyncStore, key: str, dataset: dict, visible: bool = True) -> None:
@@ -239,7 +243,7 @@ async def test_outage_pauses_the_sink_without_charging_items(orthanc: OrthancDou
     worker.start()
     try:
         await asyncio.sleep(0.5)  # many probes at 10-50 ms backoff, all refused
-        assert worker.outage is not None and "ConnectError" in worker.outage
+        assert worker.outage is not None and "ConnectionRefusedError" in worker.outage
         for key in keys:
             [state] = await store.run(store.store.outbox_state, key)
             assert (state.state, state.attempts) == ("pending", 0)  # max_attempts is 2
@@ -337,9 +341,11 @@ async def commit_many(store: AsyncStore, count: int, bad: int | None = None) -> 
     return keys
 
 
+@pytest.mark.parametrize("delivery_process", [True, False])
 async def test_a_batch_goes_out_with_parallel_requests(orthanc: OrthancDouble,
-                                                       store: AsyncStore) -> None:
-    sink = make_sink(orthanc, store, parallel_requests=3)
+                                                       store: AsyncStore,
+                                                       delivery_process: bool) -> None:
+    sink = make_sink(orthanc, store, delivery_process, parallel_requests=3)
     keys = await commit_many(store, 12)
     items = await store.run(store.store.items_by_keys, keys)
     orthanc.delay = 0.05  # so that the requests overlap
@@ -388,6 +394,36 @@ async def test_an_outage_stops_a_batch(orthanc: OrthancDouble, store: AsyncStore
     assert orthanc.count("PUT") <= 2
     assert await store.run(store.store.sink_states, "orthanc", keys) == {}
     await sink.aclose()
+
+
+async def test_a_killed_delivery_process_loses_nothing(orthanc: OrthancDouble,
+                                                       store: AsyncStore) -> None:
+    sink = make_sink(orthanc, store)
+    keys = await commit_many(store, 2)
+    items = await store.run(store.store.items_by_keys, keys)
+    await sink.put(items[keys[0]])
+    first = sink._worker.pid
+    assert first is not None and first != os.getpid()
+    os.kill(first, signal.SIGKILL)
+    await asyncio.to_thread(_until_gone, first)
+    await sink.put(items[keys[1]])  # started again; the put is not the item's failure
+    assert sink._worker.pid not in (None, first)
+    assert sorted(orthanc.items) == sorted(sink.remote_id(k) for k in keys)
+    await sink.aclose()
+
+
+def _until_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"
 
 
 @pytest.mark.parametrize(("cfg", "required"), [

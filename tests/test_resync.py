@@ -70,7 +70,8 @@ async def test_resync_refuses_a_disabled_or_unreachable_sink(tmp_path: Path) -> 
     config = config_for(tmp_path, BRIDGE_SINKS__ORTHANC__ENABLED="true",
                         BRIDGE_SINKS__ORTHANC__URL=url)
     commit(config, "SHOWN|RP|SPS", visible=True)
-    with pytest.raises(ResyncError, match="orthanc: unreachable: GET /worklists: ConnectError"):
+    with pytest.raises(ResyncError,
+                       match="orthanc: unreachable: GET /worklists: ConnectionRefusedError"):
         await resync(config, ["orthanc"])
 
 

@@ -14,16 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import multiprocessing
 import os
-import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from bridge import logprivacy
 from bridge.dicomfile import file_name, is_item_file_name, part10_bytes, safe_folder_name
+from bridge.sinks.worker import Worker
 from bridge.store import StoredItem
 
 LOCKFILE = "lockfile"
@@ -45,7 +41,7 @@ class FolderSink:
         self.layout = layout
         self.lockfile = lockfile
         self.writer_process = writer_process
-        self._pool: ProcessPoolExecutor | None = None
+        self._worker = Worker(self.name)
         root.mkdir(parents=True, exist_ok=True)
         if layout == "flat":
             self._prepare(root)
@@ -86,26 +82,17 @@ class FolderSink:
         await self._run(_remove_in_writer, item)
 
     async def _run(self, job, item) -> None:
-        loop = asyncio.get_running_loop()
         if not self.writer_process:
-            await loop.run_in_executor(None, job, self._settings, item)
+            await asyncio.get_running_loop().run_in_executor(None, job, self._settings, item)
             return
-        if self._pool is None:
-            # spawn, not fork: the bridge has threads (the store's) that fork would copy
-            # in whatever state they are.
-            self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_follow_parent, initargs=(os.getpid(), logprivacy.current()))
-        await loop.run_in_executor(self._pool, job, self._settings, item)
+        await self._worker.run(job, self._settings, item)
 
     @property
     def _settings(self) -> tuple[str, str, bool]:
         return (str(self.root), self.layout, self.lockfile)
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await asyncio.to_thread(self._pool.shutdown, True)
-            self._pool = None
+        await self._worker.close()
 
     def _put(self, item: StoredItem) -> None:
         self._put_many([item])
@@ -197,19 +184,6 @@ def _writer(settings: tuple[str, str, bool]) -> FolderSink:
         sink = _writers[settings] = FolderSink(Path(root), layout, lockfile,
                                                writer_process=False, _clean=False)
     return sink
-
-
-def _follow_parent(parent: int, log_settings: logprivacy.LogSettings) -> None:
-    """In the writer: exit when the bridge is gone (a kill -9 leaves no one to stop us).
-    Its log lines and pydicom's warnings pass the bridge's privacy filter and line cap."""
-    logprivacy.configure(log_settings)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _put_in_writer(settings: tuple[str, str, bool], item: StoredItem) -> None:
