@@ -145,7 +145,7 @@ class FolderWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             count = sum(1 for _ in os.scandir(self.folder)) if self.folder.exists() else 0
-            now = time.perf_counter()
+            now = time.monotonic()
             while len(self.seen) < count:
                 self.seen.append(now)
             time.sleep(0.01)
@@ -159,26 +159,32 @@ class FolderWatch:
         self._thread.join()
 
 
-async def acked_times(port: int, batches: list[list[bytes]], rate: float | None
-                      ) -> list[float]:
-    """When each AA arrived (perf_counter), over all connections, sorted."""
-    acked: list[float] = []
+async def acked_times(port: int, batches: list[list[tuple[str, bytes]]], rate: float | None
+                      ) -> dict[str, float]:
+    """Send each batch of (tag, message) on its own connection, at `rate` messages/s in all
+    (None: as fast as they go); when each AA came, by tag. time.monotonic() is
+    CLOCK_MONOTONIC, the same clock in every process (the Orthanc double's arrivals)."""
+    acked: dict[str, float] = {}
 
-    async def one(batch: list[bytes], per_connection_rate: float | None) -> None:
+    async def one(batch: list[tuple[str, bytes]], per_connection_rate: float | None) -> None:
         async with MllpClient("127.0.0.1", port, timeout=30) as client:
-            start = time.perf_counter()
-            for i, raw in enumerate(batch):
+            start = time.monotonic()
+            for i, (tag, raw) in enumerate(batch):
                 if per_connection_rate:
                     await asyncio.sleep(max(0.0, start + i / per_connection_rate
-                                            - time.perf_counter()))
+                                            - time.monotonic()))
                 ack = await client.send(raw)
                 if b"MSA|AA|" not in ack:
                     raise RuntimeError(f"not AA: {ack[:200]!r}")
-                acked.append(time.perf_counter())
+                acked[tag] = time.monotonic()
 
     per = rate / len(batches) if rate else None
     await asyncio.gather(*(one(b, per) for b in batches))
-    return sorted(acked)
+    return acked
+
+
+def tagged(prefix: str, n: int) -> list[tuple[str, bytes]]:
+    return [(f"{prefix}{i}", raw) for i, raw in enumerate(messages(prefix, n))]
 
 
 def folder_pace(workdir: Path, burst: int, rate: float, seconds: float) -> dict:
@@ -193,10 +199,10 @@ def folder_pace(workdir: Path, burst: int, rate: float, seconds: float) -> dict:
         base = sum(1 for _ in os.scandir(folder))  # the warm-up's files and the lockfile
         n = int(rate * seconds) // 4 * 4
         with FolderWatch(folder) as watch:
-            acked = asyncio.run(acked_times(running.port, [messages(f"pace{c}-", n // 4)
-                                                           for c in range(4)], rate))
-            deadline = time.perf_counter() + 60
-            while len(watch.seen) < base + n and time.perf_counter() < deadline:
+            acked = sorted(asyncio.run(acked_times(
+                running.port, [tagged(f"pace{c}-", n // 4) for c in range(4)], rate)).values())
+            deadline = time.monotonic() + 60
+            while len(watch.seen) < base + n and time.monotonic() < deadline:
                 time.sleep(0.05)
         delays = [watch.seen[base + k] - t for k, t in enumerate(acked)
                   if base + k < len(watch.seen)]
@@ -206,11 +212,11 @@ def folder_pace(workdir: Path, burst: int, rate: float, seconds: float) -> dict:
         base = sum(1 for _ in os.scandir(folder))
         n = burst // 4 * 4
         with FolderWatch(folder) as watch:
-            acked = asyncio.run(acked_times(running.port, [messages(f"burst{c}-", n // 4)
-                                                           for c in range(4)], None))
+            acked = sorted(asyncio.run(acked_times(
+                running.port, [tagged(f"burst{c}-", n // 4) for c in range(4)], None)).values())
             at_last_ack = sum(1 for _ in os.scandir(folder)) - base
-            deadline = time.perf_counter() + 300
-            while len(watch.seen) < base + n and time.perf_counter() < deadline:
+            deadline = time.monotonic() + 300
+            while len(watch.seen) < base + n and time.monotonic() < deadline:
                 time.sleep(0.05)
         done = watch.seen[base + n - 1] if len(watch.seen) >= base + n else float("nan")
         out["burst"] = {"orders": n, "rate": n / (acked[-1] - acked[0]),

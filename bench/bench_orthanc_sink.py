@@ -30,9 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_ingest import _cpu_seconds, _family, pct, server, write_section  # noqa: E402
-
-from bridge.client import MllpClient  # noqa: E402
+from bench_ingest import _cpu_seconds, _family, acked_times, pct, server, write_section  # noqa: E402
 
 from orders import orm  # noqa: E402
 from peers import free_port, wait_for_port  # noqa: E402
@@ -49,28 +47,6 @@ def orders(tag: str, connections: int, per: int) -> list[list[tuple[str, bytes]]
                                    patient_id=f"P{i % 997}").encode("latin-1")))
         batches.append(batch)
     return batches
-
-
-async def send(port: int, batches: list[list[tuple[str, bytes]]], rate: float | None
-               ) -> dict[str, float]:
-    """When each order's AA came (CLOCK_MONOTONIC), by accession number."""
-    acked: dict[str, float] = {}
-
-    async def one(batch: list[tuple[str, bytes]], per_connection_rate: float | None) -> None:
-        async with MllpClient("127.0.0.1", port, timeout=30) as client:
-            start = time.monotonic()
-            for i, (acc, raw) in enumerate(batch):
-                if per_connection_rate:
-                    await asyncio.sleep(max(0.0, start + i / per_connection_rate
-                                            - time.monotonic()))
-                ack = await client.send(raw)
-                if b"MSA|AA|" not in ack:
-                    raise RuntimeError(f"not AA: {ack[:200]!r}")
-                acked[acc] = time.monotonic()
-
-    per = rate / len(batches) if rate else None
-    await asyncio.gather(*(one(b, per) for b in batches))
-    return acked
 
 
 class Arrivals:
@@ -117,10 +93,10 @@ def run(workdir: Path, burst: int, rate: float, seconds: float) -> dict:
                "BRIDGE_SINKS__ORTHANC__ENABLED": "true",
                "BRIDGE_SINKS__ORTHANC__URL": f"http://127.0.0.1:{port}"}
         with server("bridge", workdir, env) as running:
-            warm = asyncio.run(send(running.port, orders("warm", 1, 100), None))
+            warm = asyncio.run(acked_times(running.port, orders("warm", 1, 100), None))
             arrivals.wait_for(set(warm), 60)
             n = int(rate * seconds) // 4
-            acked = asyncio.run(send(running.port, orders("pace", 4, n), rate))
+            acked = asyncio.run(acked_times(running.port, orders("pace", 4, n), rate))
             arrivals.wait_for(set(acked), 60)
             seen = arrivals.read()
             delays = [seen[a] - t for a, t in acked.items() if a in seen]
@@ -131,7 +107,7 @@ def run(workdir: Path, burst: int, rate: float, seconds: float) -> dict:
             time.sleep(1.0)
             family = _family(running.pid)  # the bridge and its delivery process
             cpu = {p: _cpu_seconds(p) for p in family}
-            acked = asyncio.run(send(running.port, orders("burst", 4, burst // 4), None))
+            acked = asyncio.run(acked_times(running.port, orders("burst", 4, burst // 4), None))
             last_ack = max(acked.values())
             at_last_ack = sum(1 for a in acked if arrivals.read().get(a, last_ack + 1) <= last_ack)
             arrivals.wait_for(set(acked), 300)
