@@ -302,6 +302,24 @@ def test_housekeeping_lease_is_held_by_one_instance(config) -> None:
         b.close()
 
 
+def test_sink_states_of_a_batch_and_its_deliveries_in_one_commit(config) -> None:
+    store = open_store(store_url(config), ["orthanc"])
+    try:
+        keys = [f"K{n}" for n in range(600)]  # past SQLite's 500 bound parameters per query
+        assert store.sink_states("orthanc", keys) == {}
+        store.sink_delivered_many("orthanc", [(k, f"R{k}") for k in keys[:550]])
+        store.sink_removed("orthanc", "K3", "RK3")
+        states = store.sink_states("orthanc", keys)
+        assert sorted(states) == sorted(keys[:550])
+        assert (states["K549"].remote_id, states["K549"].delivered) == ("RK549", True)
+        assert (states["K3"].delivered, states["K3"].removed_at is not None) == (False, True)
+        store.sink_delivered_many("orthanc", [("K7", "RK7")], delivered=False)
+        assert store.sink_state("orthanc", "K7").delivered is False
+        assert store.sink_states("folder", keys) == {}
+    finally:
+        store.close()
+
+
 # --- PostgreSQL only: what several instances need beyond the shared tables ---------------
 
 @pytest.mark.postgres_only("one SQLite store has one outbox consumer per sink")
