@@ -54,11 +54,10 @@ async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
     s.close()
 
 
-def make_sink(orthanc: OrthancDouble, store: AsyncStore, delivery_process: bool = True,
-              **cfg: object) -> OrthancSink:
+def make_sink(orthanc: OrthancDouble, store: AsyncStore, **cfg: object) -> OrthancSink:
     """The sink as the bridge runs it: its puts sent by its delivery process."""
     settings = {"enabled": True, "url": orthanc.url, "timeout": 1.0, **cfg}
-    return OrthancSink(OrthancSinkConfig.model_validate(settings), store, delivery_process)
+    return OrthancSink(OrthancSinkConfig.model_validate(settings), store)
 
 
 async def commit(store: AsyncStore, key: str, dataset: dict, visible: bool = True) -> None:
@@ -342,11 +341,9 @@ async def commit_many(store: AsyncStore, count: int, bad: int | None = None) -> 
     return keys
 
 
-@pytest.mark.parametrize("delivery_process", [True, False])
 async def test_a_batch_goes_out_with_parallel_requests(orthanc: OrthancDouble,
-                                                       store: AsyncStore,
-                                                       delivery_process: bool) -> None:
-    sink = make_sink(orthanc, store, delivery_process, parallel_requests=3)
+                                                       store: AsyncStore) -> None:
+    sink = make_sink(orthanc, store, parallel_requests=3)
     keys = await commit_many(store, 12)
     items = await store.run(store.store.items_by_keys, keys)
     orthanc.delay = 0.05  # so that the requests overlap

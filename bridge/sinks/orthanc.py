@@ -36,6 +36,7 @@ from bridge.mapping.transforms import derived_uid
 from bridge.sinks import SinkUnavailable
 from bridge.sinks.worker import Worker
 from bridge.store import AsyncStore, StoredItem
+from bridge.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,8 @@ class OrthancClient:
             self._headers["Authorization"] = f"Basic {base64.b64encode(basic).decode()}"
         self._tls: ssl.SSLContext | None = None
         if self._https:
-            self._tls = ssl.create_default_context(
-                cafile=str(cfg.ca_bundle) if cfg.ca_bundle is not None else None)
+            self._tls = client_context(cfg.ca_bundle, check_hostname=cfg.verify_tls)
             if not cfg.verify_tls:
-                self._tls.check_hostname = False
                 self._tls.verify_mode = ssl.CERT_NONE
         self._connect_timeout = cfg.connect_timeout
         self._timeout = cfg.timeout
@@ -265,16 +264,13 @@ class OrthancSink:
     # delivery process decodes them (see worker.py).
     takes_json = True
 
-    def __init__(self, cfg: OrthancSinkConfig, store: AsyncStore,
-                 delivery_process: bool = True):
+    def __init__(self, cfg: OrthancSinkConfig, store: AsyncStore):
         self.cfg = cfg
         self.store = store
-        # Puts go through the delivery process (worker.py) when `delivery_process`;
-        # removals, listings and resync's deletions, which are rare, through this client.
+        # Puts go through the delivery process (worker.py); removals, listings and resync's
+        # deletions, which are rare, through this client.
         self.client = OrthancClient(cfg)
-        self.delivery_process = delivery_process
         self._worker = Worker(self.name)
-        self._threads: ThreadPoolExecutor | None = None  # without the delivery process
 
     def remote_id(self, item_key: str) -> str:
         return f"{self.cfg.id_prefix}{uuid.uuid5(ID_NAMESPACE, item_key)}"
@@ -311,7 +307,7 @@ class OrthancSink:
                 continue
             puts.append(Put(self.remote_id(item.item_key), item,
                             check=state is not None and state.delivered))
-        outcomes = await self._deliver(puts)
+        outcomes = await self._worker.run(_deliver_in_process, self.cfg, puts) if puts else []
         delivered, errors = [], []
         for put, outcome in zip(puts, outcomes, strict=True):
             if isinstance(outcome, Exception):
@@ -326,15 +322,6 @@ class OrthancSink:
             await self.store.run(db.sink_delivered_many, self.name, delivered)
         if errors:
             raise errors[0]
-
-    async def _deliver(self, puts: list[Put]) -> list[str | Exception]:
-        if not puts:
-            return []
-        if not self.delivery_process:
-            if self._threads is None:
-                self._threads = ThreadPoolExecutor(self.cfg.parallel_requests)
-            return await asyncio.to_thread(deliver, self.client, puts, self._threads)
-        return await self._worker.run(_deliver_in_process, self.cfg, puts)
 
     async def remove(self, item: StoredItem) -> None:
         db = self.store.store
@@ -366,9 +353,6 @@ class OrthancSink:
     async def aclose(self) -> None:
         self.client.close()
         await self._worker.close()
-        if self._threads is not None:
-            self._threads.shutdown(wait=False)
-            self._threads = None
 
 
 @dataclass

@@ -42,23 +42,30 @@ class Worker:
         return next(iter(processes), None)
 
     async def run(self, job: Callable[..., Any], *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_follow_parent, initargs=(os.getpid(), logprivacy.current()))
-            try:
-                return await loop.run_in_executor(self._pool, job, *args)
-            except BrokenProcessPool as exc:
-                self._pool.shutdown(wait=False)
-                self._pool = None
-                log.warning("sink %s: its worker process died (%s)%s", self.sink, exc,
-                            "; starting another" if attempt == 1 else "")
-                if attempt == 2:
-                    raise SinkUnavailable(f"the {self.sink} sink's worker process died "
-                                          "twice in a row") from exc
-        raise AssertionError("unreachable")
+        try:
+            return await self._submit(job, *args)
+        except BrokenProcessPool as exc:
+            self._restart(exc, "; starting another")
+        try:
+            return await self._submit(job, *args)
+        except BrokenProcessPool as exc:
+            self._restart(exc, "")
+            raise SinkUnavailable(f"the {self.sink} sink's worker process died twice in a "
+                                  "row") from exc
+
+    async def _submit(self, job: Callable[..., Any], *args: Any) -> Any:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_follow_parent, initargs=(os.getpid(), logprivacy.current()))
+        return await asyncio.get_running_loop().run_in_executor(self._pool, job, *args)
+
+    def _restart(self, exc: BrokenProcessPool, then: str) -> None:
+        """Forget the dead process: the next job starts another."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        self._pool = None
+        log.warning("sink %s: its worker process died (%s)%s", self.sink, exc, then)
 
     async def close(self) -> None:
         if self._pool is not None:

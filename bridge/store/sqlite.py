@@ -997,14 +997,16 @@ class Store:
     def items_by_keys(self, keys: list[str], decode: bool = True) -> dict[str, StoredItem]:
         """The items of `keys` that exist. With decode=False their datasets stay JSON text
         (StoredItem.dataset_json; .decoded() gives the dataset)."""
-        found: dict[str, StoredItem] = {}
-        for start in range(0, len(keys), 500):  # SQLite's limit on bound parameters
+        return {row["item_key"]: _item(row, decode=decode)
+                for row in self._rows_with_keys("SELECT * FROM items WHERE", keys)}
+
+    def _rows_with_keys(self, select: str, keys: list[str], *params: object) -> Iterator:
+        """The rows of `select ... item_key IN (keys)`, asked in chunks: SQLite binds at
+        most 999 parameters per statement (`params` come first, for the select's own ?)."""
+        for start in range(0, len(keys), 500):
             chunk = keys[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(f"SELECT * FROM items WHERE item_key IN ({marks})",
-                                       chunk):
-                found[row["item_key"]] = _item(row, decode=decode)
-        return found
+            yield from self.db.execute(f"{select} item_key IN ({marks})", (*params, *chunk))
 
     def outbox_batch(self, sink: str, limit: int = 100, decode: bool = True
                      ) -> tuple[list[OutboxRow], dict[str, StoredItem]]:
@@ -1101,14 +1103,9 @@ class Store:
 
     def sink_states(self, sink: str, item_keys: list[str]) -> dict[str, SinkState]:
         """`sink_state` of several items in one call (those the sink has a state for)."""
-        found: dict[str, SinkState] = {}
-        for start in range(0, len(item_keys), 500):  # SQLite's limit on bound parameters
-            chunk = item_keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(f"SELECT * FROM sink_state WHERE sink = ? AND item_key "
-                                       f"IN ({marks})", (sink, *chunk)):
-                found[row["item_key"]] = SinkState(**_sink_state(row))
-        return found
+        return {row["item_key"]: SinkState(**_sink_state(row)) for row in
+                self._rows_with_keys("SELECT * FROM sink_state WHERE sink = ? AND", item_keys,
+                                     sink)}
 
     def sink_delivered(self, sink: str, item_key: str, remote_id: str, delivered: bool) -> None:
         """The sink now holds the item (after a put) or does not (after a remove)."""
